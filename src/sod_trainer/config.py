@@ -1,0 +1,274 @@
+"""SODConfig: every knob of SOD training, in TRL's style, with one source of truth for defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .objective import STEP_WEIGHTING_SCHEMES
+
+__all__ = ["SODConfig"]
+
+
+@dataclass
+class SODConfig(TrainingArguments):
+    r"""
+    Configuration class for [`SODTrainer`].
+
+    Field names follow TRL's `GRPOConfig` and `DistillationConfig` wherever the concept is TRL's; SOD's
+    own knobs have their own names (TRL already uses `delta` and `epsilon`). Defaults follow the paper's
+    recipe (SOD_SPEC §5–§8) except where noted as "(laptop default)".
+
+    Parameters that control the model:
+        model_init_kwargs: kwargs for `AutoModelForCausalLM.from_pretrained` when `model` is a name or path.
+        teacher_model_name_or_path: the teacher, when `SODTrainer(teacher_model=None)`.
+        teacher_model_init_kwargs: kwargs for loading the teacher.
+        disable_dropout: disable dropout in student and teacher (log-probs must be deterministic).
+
+    Parameters that control the data:
+        max_prompt_length: prompts longer than this (in tokens) are handled by `prompt_truncation`.
+        prompt_truncation: `"error"` (say which row) or `"left"` (keep the end of the prompt).
+
+    Parameters that control the generation (rollouts):
+        num_generations: G, samples per prompt (paper: 16; laptop default 8, as TRL).
+        max_completion_length: response budget per trajectory, tool tokens included (paper: 20480;
+            laptop default 4096).
+        generation_batch_size / steps_per_generation: as in TRL's GRPO; one rollout batch feeds
+            `steps_per_generation` micro-batches, each reused `num_iterations` times.
+        max_tool_calling_iterations: a trajectory stops after this many assistant turns (paper: 16).
+        max_tool_response_chars: tool output shown to the model is cut to this many characters, head + tail.
+
+    Parameters that control the loss:
+        step_weighting: `sod` (default), `uniform` (vanilla OPD), `decay`, `mask_after_error`, `sod_uncapped`.
+        sod_epsilon, sod_delta: eps and delta of w_k = min((d_1+eps)/(d_k+eps), 1+delta).
+        decay_rate: the `decay` scheme's factor per step after the first erroneous step.
+        opd_coef, grpo_coef: c_opd and c_grpo in A_t = c_grpo * A_hat + c_opd * w * (q - s).
+        epsilon, epsilon_high: PPO clip range [1 - epsilon, 1 + epsilon_high] (clip-higher).
+        dual_clip: cap on the per-token loss for negative advantages (`-A * dual_clip`); None disables.
+        loss_type: `dapo` (token mean over the whole optimizer batch, the paper's) or `grpo` (per-sequence mean).
+    """
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + [
+        "model_init_kwargs", "teacher_model_init_kwargs", "generation_kwargs", "chat_template_kwargs",
+    ]
+
+    # ----------------------------------------------------------------- overridden TrainingArguments defaults
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (paper: 1e-6, constant)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule (paper: constant)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep extra dataset columns: they reach the reward functions and environment."}
+    )
+
+    # ----------------------------------------------------------------- model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for loading the student when `model` is a string."}
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Teacher name or path, used when `teacher_model` is not passed."}
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for loading the teacher when it is a string."}
+    )
+    teacher_server_url: str | None = field(
+        default=None,
+        metadata={"help": "Score with a teacher served by vLLM's OpenAI-compatible server at this URL "
+                  "(prompt log-probs) instead of a local teacher model."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in student and teacher."})
+
+    # ----------------------------------------------------------------- data
+    max_prompt_length: int | None = field(
+        default=2560, metadata={"help": "Maximum prompt length in tokens (paper: 2560). None: no limit."}
+    )
+    prompt_truncation: str = field(
+        default="error",
+        metadata={"help": "What to do with a prompt over `max_prompt_length`: 'error' (names the row) or 'left' "
+                  "(drop tokens from the start).", "choices": ["error", "left"]},
+    )
+    shuffle_dataset: bool = field(default=True, metadata={"help": "Shuffle the training prompts."})
+    chat_template_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra keyword arguments for `apply_chat_template` (e.g. enable_thinking)."}
+    )
+
+    # ----------------------------------------------------------------- generation
+    num_generations: int = field(
+        default=8, metadata={"help": "Samples per prompt, G (paper: 16; 8 by default as in TRL, for a first run)."}
+    )
+    max_completion_length: int = field(
+        default=4096,
+        metadata={"help": "Token budget per trajectory, tool observations included (paper: 20480; 4096 by default "
+                  "so a first run on a laptop ends)."},
+    )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Completions per rollout batch (global). Default: per_device_train_batch_size x "
+                  "processes x steps_per_generation."},
+    )
+    steps_per_generation: int | None = field(
+        default=None, metadata={"help": "Micro-batches per rollout batch. Default: gradient_accumulation_steps."}
+    )
+    num_iterations: int = field(default=1, metadata={"help": "Passes over each rollout batch (mu). Paper: 1."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (paper: 1.0)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (paper: 1.0)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 disables."})
+    min_p: float | None = field(default=None, metadata={"help": "Min-p sampling; None disables."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Repetition penalty; 1.0 disables."})
+    generation_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra keyword arguments for the generation backend."}
+    )
+    max_tool_calling_iterations: int = field(
+        default=16, metadata={"help": "Maximum assistant turns per trajectory (paper: 16)."}
+    )
+    max_tool_response_chars: int = field(
+        default=256, metadata={"help": "Tool output shown to the model is cut to this many characters (paper: 256)."}
+    )
+    tool_call_format: str = field(
+        default="fenced",
+        metadata={"help": "How tool calls are written: 'fenced' (```python blocks), 'code_tag' (<code>), 'json' "
+                  "(Qwen3/hermes <tool_call>).", "choices": ["fenced", "code_tag", "json"]},
+    )
+    tool_timeout: float = field(default=10.0, metadata={"help": "Wall-clock limit of one tool call, seconds."})
+    tool_workers: int = field(default=8, metadata={"help": "Tool calls of a batch run concurrently on this many threads."})
+    tool_response_template: str | None = field(
+        default=None,
+        metadata={"help": "Text inserted after an assistant turn with a tool call, with '{observation}' "
+                  "standing for the tool output. Default: derived from the chat template's tool role."},
+    )
+    use_vllm: bool = field(default=False, metadata={"help": "Generate rollouts with vLLM instead of HF generate."})
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={"help": "'colocate' (a vLLM engine in the training process) or 'server' (a `trl vllm-serve` "
+                  "server).", "choices": ["colocate", "server"]},
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "GPU memory share of the colocated vLLM engine."}
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False, metadata={"help": "Offload vLLM weights and cache between rollout batches."}
+    )
+    vllm_max_model_length: int | None = field(
+        default=None, metadata={"help": "vLLM context length. Default: max_prompt_length + max_completion_length."}
+    )
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Tensor parallel size (colocate)."})
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": "Base URL of the vLLM server."})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "Host of the vLLM server."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "Port of the vLLM server."})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "Seconds to wait for the vLLM server."})
+
+    # ----------------------------------------------------------------- loss
+    step_weighting: str = field(
+        default="sod",
+        metadata={"help": "Step weighting scheme.", "choices": list(STEP_WEIGHTING_SCHEMES)},
+    )
+    sod_epsilon: float = field(default=1e-6, metadata={"help": "eps in w_k = min((d_1+eps)/(d_k+eps), 1+delta)."})
+    sod_delta: float = field(default=0.2, metadata={"help": "delta: step weights are capped at 1 + delta."})
+    decay_rate: float = field(default=0.9, metadata={"help": "Per-step factor of the 'decay' scheme after an error."})
+    opd_coef: float = field(default=1.0, metadata={"help": "c_opd: weight of the step-weighted distillation term."})
+    grpo_coef: float = field(default=1.0, metadata={"help": "c_grpo: weight of the GRPO group advantage (0: pure SOD)."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower PPO clip: ratio >= 1 - epsilon."})
+    epsilon_high: float | None = field(
+        default=0.28, metadata={"help": "Upper PPO clip (clip-higher): ratio <= 1 + epsilon_high. None: epsilon."}
+    )
+    dual_clip: float | None = field(
+        default=3.0, metadata={"help": "Dual clip c: per-token loss capped at -A * c for A < 0. None disables."}
+    )
+    scale_rewards: str = field(
+        default="group",
+        metadata={"help": "'group' divides the group-centred reward by the group std; 'none' does not.",
+                  "choices": ["group", "none"]},
+    )
+    loss_type: str = field(
+        default="dapo",
+        metadata={"help": "'dapo': token mean over all model tokens of the optimizer batch (paper); 'grpo': mean "
+                  "per sequence, then over sequences.", "choices": ["dapo", "grpo"]},
+    )
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "Exclude trajectories cut by the token budget from the loss."}
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "Weights of the reward functions (default: all 1)."}
+    )
+    step_segmenter: str = field(
+        default="turn",
+        metadata={"help": "Built-in step segmenter: 'turn' (one assistant turn = one step), 'fixed_length', "
+                  "'blank_line' (text-only SOD).", "choices": ["turn", "fixed_length", "blank_line"]},
+    )
+    segment_step_tokens: int = field(default=256, metadata={"help": "Step length of the 'fixed_length' segmenter."})
+    logprob_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Tokens per chunk when turning hidden states into log-probs: no (batch, seq, vocab) "
+                  "tensor is built."},
+    )
+
+    # ----------------------------------------------------------------- logging
+    log_completions: bool = field(default=False, metadata={"help": "Print sample trajectories when logging."})
+    num_completions_to_print: int | None = field(default=1, metadata={"help": "How many trajectories to print."})
+    log_step_indices: int = field(default=4, metadata={"help": "Log mean d_k and w_k for the first this-many steps."})
+    pattern_threshold: float = field(
+        default=0.8, metadata={"help": "Weight-pattern threshold: stable if min w >= it, erroneous if last w < it."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steps_per_generation is None:
+            self.steps_per_generation = self.gradient_accumulation_steps
+        if self.epsilon_high is None:
+            self.epsilon_high = self.epsilon
+        per_process = self.per_device_train_batch_size * self.steps_per_generation
+        if self.generation_batch_size is None:
+            self.generation_batch_size = per_process * self.world_size
+        self._check()
+
+    def _check(self) -> None:
+        def fail(message: str):
+            raise ValueError(message)
+
+        if self.step_weighting not in STEP_WEIGHTING_SCHEMES:
+            fail(f"step_weighting={self.step_weighting!r} is not one of {STEP_WEIGHTING_SCHEMES}.")
+        if self.num_generations < 1:
+            fail(f"num_generations must be >= 1, got {self.num_generations}.")
+        per_process = self.per_device_train_batch_size * self.steps_per_generation
+        if self.generation_batch_size != per_process * self.world_size:
+            fail(
+                f"generation_batch_size={self.generation_batch_size} must equal per_device_train_batch_size "
+                f"({self.per_device_train_batch_size}) x processes ({self.world_size}) x steps_per_generation "
+                f"({self.steps_per_generation}) = {per_process * self.world_size}; set only one of "
+                "generation_batch_size and steps_per_generation."
+            )
+        if per_process % self.num_generations:
+            fail(
+                f"Each process generates per_device_train_batch_size x steps_per_generation = {per_process} "
+                f"completions per rollout batch, which is not a multiple of num_generations="
+                f"{self.num_generations}. Make it one (e.g. per_device_train_batch_size="
+                f"{self.num_generations}) so every process holds whole groups."
+            )
+        if self.steps_per_generation % self.gradient_accumulation_steps:
+            fail(
+                f"steps_per_generation={self.steps_per_generation} must be a multiple of "
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps}."
+            )
+        if self.max_completion_length < 1:
+            fail(f"max_completion_length must be >= 1, got {self.max_completion_length}.")
+        if self.max_tool_calling_iterations < 1:
+            fail(f"max_tool_calling_iterations must be >= 1, got {self.max_tool_calling_iterations}.")
+        if self.temperature <= 0:
+            fail(f"temperature must be > 0, got {self.temperature}.")
+        if self.sod_epsilon <= 0:
+            fail(f"sod_epsilon must be > 0, got {self.sod_epsilon}.")
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            fail(f"dual_clip must be > 1 (paper: 3.0) or None, got {self.dual_clip}.")
+        if self.vllm_mode not in ("colocate", "server"):
+            fail(f"vllm_mode={self.vllm_mode!r}; choose 'colocate' or 'server'.")
+        if self.prompt_truncation not in ("error", "left"):
+            fail(f"prompt_truncation={self.prompt_truncation!r}; choose 'error' or 'left'.")
+        if self.loss_type not in ("dapo", "grpo"):
+            fail(f"loss_type={self.loss_type!r}; choose 'dapo' or 'grpo'.")
+        if self.scale_rewards not in ("group", "none"):
+            fail(f"scale_rewards={self.scale_rewards!r}; choose 'group' or 'none'.")
+        if self.opd_coef == 0 and self.grpo_coef == 0:
+            fail("opd_coef and grpo_coef are both 0: there is nothing to learn from.")

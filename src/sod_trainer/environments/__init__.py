@@ -1,0 +1,19 @@
+"""Tool environments: the interface, the built-in Python tool and its sandbox."""
+
+from .base import (
+    CodeTagParser,
+    FencedCodeParser,
+    JSONToolCallParser,
+    ToolCallParser,
+    ToolEnvironment,
+    ToolResult,
+    get_parser,
+)
+from .python_tool import PythonToolEnvironment
+from .sandbox import ExecutionResult, PythonSandbox, SandboxConfig
+
+__all__ = [
+    "ToolEnvironment", "ToolResult", "ToolCallParser", "FencedCodeParser", "CodeTagParser",
+    "JSONToolCallParser", "get_parser", "PythonToolEnvironment", "PythonSandbox", "SandboxConfig",
+    "ExecutionResult",
+]
