@@ -1,0 +1,292 @@
+"""From dataset rows to a scored training batch (SOD_SPEC §2–§5, §10).
+
+prompts → rollouts → rewards → group advantages → student (π_old) and teacher log-probs of the sampled
+tokens → step ids → d_k, w_k → combined per-token advantages, plus the diagnostics of §10.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .data import encode_prompt, row_to_messages
+from .metrics import PATTERNS, per_step_means, weight_patterns
+from .objective import combined_advantages, group_advantages, step_divergence, step_weights
+from .rollout.types import Trajectory
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RolloutScorer", "ScoredBatch", "collate_trajectories"]
+
+TENSOR_KEYS = ("input_ids", "attention_mask", "completion_start", "loss_mask", "old_logps", "advantages")
+
+
+@dataclass
+class ScoredBatch:
+    """A rollout batch ready for the loss, its metrics and a few printable samples."""
+
+    tensors: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    samples: list[dict[str, Any]]
+    trajectories: list[Trajectory]
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t, repr=False)
+    loss_type: str = "dapo"
+
+    def slices(self, num_slices: int, accumulation_steps: int = 1) -> list[dict[str, torch.Tensor]]:
+        """Split into ``num_slices`` micro-batches; each carries the global normalizer of its optimizer step
+        (model tokens, or sequences for ``loss_type='grpo'``, summed over its accumulation window and processes)."""
+        rows = self.tensors["input_ids"].shape[0]
+        if rows % num_slices:
+            raise ValueError(f"{rows} trajectories do not split into {num_slices} micro-batches.")
+        size = rows // num_slices
+        parts = []
+        for index in range(num_slices):
+            part = {key: self.tensors[key][index * size:(index + 1) * size] for key in TENSOR_KEYS}
+            parts.append(_trim(part))
+        windows = max(1, num_slices // max(1, accumulation_steps))
+        per_window = num_slices // windows
+        for window in range(windows):
+            members = parts[window * per_window:(window + 1) * per_window]
+            if self.loss_type == "grpo":
+                local = sum((p["loss_mask"].sum(1) > 0).sum() for p in members)
+            else:
+                local = sum(p["loss_mask"].sum() for p in members)
+            total = self.reduce_sum(torch.as_tensor(local, dtype=torch.float32,
+                                                    device=members[0]["loss_mask"].device)).clamp(min=1.0)
+            for part in members:
+                part["normalizer"] = total
+        return parts
+
+
+def _trim(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop padding columns that no row of this micro-batch uses."""
+    length = int(part["attention_mask"].sum(1).max().item())
+    width = max(1, int((part["loss_mask"].any(0)).nonzero().max().item()) + 1) if part["loss_mask"].any() else 1
+    part = dict(part)
+    part["input_ids"] = part["input_ids"][:, :length]
+    part["attention_mask"] = part["attention_mask"][:, :length]
+    for key in ("loss_mask", "old_logps", "advantages"):
+        part[key] = part[key][:, :width]
+    return part
+
+
+def collate_trajectories(trajectories: Sequence[Trajectory], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``prompt + completion`` ids and ``(B, C)`` completion tensors (ids and assistant mask)."""
+    lengths = [len(t.prompt_ids) + len(t.completion_ids) for t in trajectories]
+    width = max(lengths)
+    completion_width = max(1, max(len(t.completion_ids) for t in trajectories))
+    batch = len(trajectories)
+    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    completion_ids = torch.full((batch, completion_width), pad_token_id, dtype=torch.long)
+    assistant_mask = torch.zeros((batch, completion_width), dtype=torch.long)
+    for row, trajectory in enumerate(trajectories):
+        ids = trajectory.prompt_ids + trajectory.completion_ids
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+        n = len(trajectory.completion_ids)
+        if n:
+            completion_ids[row, :n] = torch.tensor(trajectory.completion_ids, dtype=torch.long)
+            assistant_mask[row, :n] = torch.tensor(trajectory.assistant_mask, dtype=torch.long)
+    completion_start = torch.tensor([len(t.prompt_ids) for t in trajectories], dtype=torch.long)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, completion_start=completion_start,
+                completion_ids=completion_ids, assistant_mask=assistant_mask)
+
+
+def error_steps_for(trajectories: Sequence[Trajectory], step_ids: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` step id of the first erroneous tool call (the step holding the end of that turn), -1 if none."""
+    result = torch.full((len(trajectories),), -1, dtype=torch.long)
+    for row, trajectory in enumerate(trajectories):
+        turn_index = trajectory.first_error_turn
+        if turn_index >= 0:
+            turn = trajectory.turns[turn_index]
+            if turn.end > turn.start:
+                result[row] = int(step_ids[row, turn.end - 1])
+    return result
+
+
+class RolloutScorer:
+    """Builds :class:`ScoredBatch` objects; holds no model of its own except through ``teacher``."""
+
+    def __init__(self, *, args, tokenizer, teacher, segmenter, reward_funcs: list[Callable], accelerator):
+        self.args = args
+        self.tokenizer = tokenizer
+        self.teacher = teacher
+        self.segmenter = segmenter
+        self.reward_funcs = reward_funcs
+        self.reward_weights = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float32)
+        self.accelerator = accelerator
+
+    # ------------------------------------------------------------------ prompts and rewards
+    def encode_prompts(self, rows, extras, first_row_index: int) -> tuple[list[list[dict]], list[list[int]]]:
+        messages, ids = [], []
+        for offset, (row, extra) in enumerate(zip(rows, extras)):
+            row_messages = row_to_messages(row, first_row_index + offset, extra)
+            messages.append(row_messages)
+            ids.append(encode_prompt(
+                self.tokenizer, row_messages, max_prompt_length=self.args.max_prompt_length,
+                truncation=self.args.prompt_truncation, index=first_row_index + offset,
+                chat_template_kwargs=self.args.chat_template_kwargs,
+            ))
+        return messages, ids
+
+    def rewards(self, prompts, completions, rows, trajectories) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(B,)`` weighted sum of the reward functions; a function that raises names itself in the error."""
+        if not self.reward_funcs:
+            return torch.zeros(len(completions)), {}
+        columns = {key: [row.get(key) for row in rows] for key in rows[0] if key not in ("prompt", "messages")}
+        per_function = torch.zeros(len(completions), len(self.reward_funcs))
+        metrics = {}
+        for j, function in enumerate(self.reward_funcs):
+            name = getattr(function, "__name__", type(function).__name__)
+            try:
+                values = function(prompts=prompts, completions=completions, trajectories=trajectories, **columns)
+            except Exception as error:
+                raise RuntimeError(f"Reward function {name!r} raised {type(error).__name__}: {error}") from error
+            if len(values) != len(completions):
+                raise ValueError(f"Reward function {name!r} returned {len(values)} values for "
+                                 f"{len(completions)} completions.")
+            column = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+            per_function[:, j] = column
+            metrics[f"rewards/{name}/mean"] = float(torch.nanmean(column))
+        rewards = (torch.nan_to_num(per_function, nan=0.0) * self.reward_weights).sum(1)
+        return rewards, metrics
+
+    # ------------------------------------------------------------------ the batch
+    def _in_row_chunks(self, function, tensors, **kwargs):
+        size = max(1, self.args.per_device_train_batch_size)
+        outputs = []
+        for start in range(0, tensors["input_ids"].shape[0], size):
+            sl = slice(start, start + size)
+            outputs.append(function(tensors["input_ids"][sl], tensors["attention_mask"][sl],
+                                    tensors["completion_start"][sl], tensors["assistant_mask"][sl], **kwargs))
+        return outputs
+
+    def build(self, rows, engine, student_logprobs, first_row_index: int = 0) -> ScoredBatch:
+        args = self.args
+        device = self.accelerator.device
+        environments, extras = engine.make_environments(rows)
+        try:
+            prompts, prompt_ids = self.encode_prompts(rows, extras, first_row_index)
+        except Exception:
+            for environment in environments:
+                environment.close()
+            raise
+        trajectories = engine.rollout(prompt_ids, rows, environments)
+        completions = [self.tokenizer.decode(t.completion_ids, skip_special_tokens=True) for t in trajectories]
+        rewards, reward_metrics = self.rewards(prompts, completions, rows, trajectories)
+
+        cpu = collate_trajectories(trajectories, self.tokenizer.pad_token_id)
+        tensors = {key: value.to(device) for key, value in cpu.items()}
+        student = self._in_row_chunks(student_logprobs, tensors)
+        old_logps = torch.cat([logps for logps, _ in student])
+        entropy = torch.cat([ent for _, ent in student])
+        teacher_logps = torch.cat(self._in_row_chunks(self.teacher.score, tensors)).to(device)
+
+        assistant_mask = tensors["assistant_mask"]
+        step_ids = self.segmenter(tensors["completion_ids"], assistant_mask).to(device)
+        error_steps = error_steps_for(trajectories, step_ids.cpu()).to(device)
+        divergence, valid = step_divergence(old_logps, teacher_logps, step_ids)
+        weights_per_step = step_weights(
+            divergence, valid, scheme=args.step_weighting, epsilon=args.sod_epsilon, delta=args.sod_delta,
+            error_steps=error_steps, decay=args.decay_rate,
+        )
+        weights = torch.gather(weights_per_step, 1, step_ids.clamp(min=0)) * (step_ids >= 0)
+        sequence_advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards == "group")
+        advantages = combined_advantages(
+            sequence_advantages.to(device), old_logps, teacher_logps, weights,
+            grpo_coef=args.grpo_coef, opd_coef=args.opd_coef,
+        )
+        loss_mask = assistant_mask.clone()
+        if args.mask_truncated_completions:
+            truncated = torch.tensor([t.truncated for t in trajectories], device=device)
+            loss_mask[truncated] = 0
+        nonfinite = ~(torch.isfinite(old_logps) & torch.isfinite(teacher_logps)) & loss_mask.bool()
+        bad_rows = nonfinite.any(1)
+        if bad_rows.any():
+            logger.warning("%d trajectories have non-finite log-probs; they are left out of the loss.",
+                           int(bad_rows.sum()))
+            loss_mask[bad_rows] = 0
+            advantages = torch.nan_to_num(advantages, nan=0.0, posinf=0.0, neginf=0.0)
+            old_logps = torch.nan_to_num(old_logps, nan=0.0, posinf=0.0, neginf=0.0)
+
+        batch_tensors = dict(
+            input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+            completion_start=tensors["completion_start"], loss_mask=loss_mask, old_logps=old_logps,
+            advantages=advantages,
+        )
+        metrics = self._metrics(trajectories, rewards, reward_metrics, divergence, valid, weights_per_step,
+                                entropy, old_logps, teacher_logps, step_ids, assistant_mask, int(bad_rows.sum()))
+        samples = self._samples(trajectories, prompts, rewards, weights_per_step, valid, divergence)
+        reduce_sum = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
+        return ScoredBatch(batch_tensors, metrics, samples, trajectories, reduce_sum=reduce_sum,
+                           loss_type=args.loss_type)
+
+    # ------------------------------------------------------------------ diagnostics
+    def _gather_mean(self, values: list[float]) -> float:
+        tensor = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=self.accelerator.device)
+        total = self.accelerator.reduce(tensor, reduction="sum")
+        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+    def _metrics(self, trajectories, rewards, reward_metrics, divergence, valid, weights_per_step, entropy,
+                 old_logps, teacher_logps, step_ids, assistant_mask, nonfinite_rows) -> dict[str, float]:
+        args = self.args
+        mean = self._gather_mean
+        mask = assistant_mask.bool()
+        metrics = {
+            "reward": mean(rewards.tolist()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "accuracy": mean([float(r > 0) for r in rewards.tolist()]),
+            "completions/mean_length": mean([t.completion_length for t in trajectories]),
+            "completions/mean_model_tokens": mean([sum(t.assistant_mask) for t in trajectories]),
+            "completions/truncated_ratio": mean([float(t.truncated) for t in trajectories]),
+            "tools/calls_per_trajectory": mean([t.num_tool_calls for t in trajectories]),
+            "tools/failure_rate": mean([t.num_tool_errors / t.num_tool_calls for t in trajectories
+                                        if t.num_tool_calls] or [0.0]),
+            "tools/timeouts_per_trajectory": mean([sum(bool(turn.metadata.get("timed_out")) for turn in t.turns)
+                                                   for t in trajectories]),
+            "tools/error_trajectory_ratio": mean([float(t.num_tool_errors > 0) for t in trajectories]),
+            "steps_per_trajectory": mean(valid.sum(1).tolist()),
+            "entropy": mean(entropy[mask].tolist()) if mask.any() else float("nan"),
+            "opd/reverse_kl": mean((old_logps - teacher_logps)[mask].tolist()) if mask.any() else float("nan"),
+            "weights/mean": mean(weights_per_step[valid].tolist()),
+            "weights/min": float(self.accelerator.reduce(
+                weights_per_step.masked_fill(~valid, math.inf).min().reshape(1), reduction="min").item()),
+            "nonfinite_logprob_trajectories": float(nonfinite_rows),
+        }
+        metrics.update(reward_metrics)
+        for k, value in enumerate(per_step_means(divergence, valid, args.log_step_indices)):
+            metrics[f"divergence/step_{k + 1}"] = value
+        for k, value in enumerate(per_step_means(weights_per_step, valid, args.log_step_indices)):
+            metrics[f"weights/step_{k + 1}"] = value
+        labels = weight_patterns(weights_per_step, valid, args.pattern_threshold)
+        for pattern in PATTERNS:
+            metrics[f"patterns/{pattern}"] = mean([float(label == pattern) for label in labels])
+        return metrics
+
+    def _samples(self, trajectories, prompts, rewards, weights_per_step, valid, divergence) -> list[dict[str, Any]]:
+        samples = []
+        for row, trajectory in enumerate(trajectories[: max(1, self.args.num_completions_to_print or 1)]):
+            segments = []
+            position = 0
+            for turn in trajectory.turns:
+                segments.append((self.tokenizer.decode(trajectory.completion_ids[turn.start:turn.end]), True))
+                position = turn.end
+                next_start = next((u.start for u in trajectory.turns if u.start >= position), None)
+                end = next_start if next_start is not None else trajectory.completion_length
+                if end > position:
+                    segments.append((self.tokenizer.decode(trajectory.completion_ids[position:end]), False))
+            samples.append({
+                "prompt": self.tokenizer.decode(trajectory.prompt_ids),
+                "segments": segments,
+                "reward": float(rewards[row]),
+                "weights": weights_per_step[row][valid[row]].tolist(),
+                "divergence": divergence[row][valid[row]].tolist(),
+                "stop_reason": trajectory.stop_reason,
+            })
+        return samples

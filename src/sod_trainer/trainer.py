@@ -1,0 +1,327 @@
+"""SODTrainer: orchestration of one SOD step (rollout → score → weight → loss → log).
+
+The method lives in :mod:`sod_trainer.objective`; rollouts in :mod:`sod_trainer.rollout`; this file
+wires them into ``transformers.Trainer`` the way TRL's ``GRPOTrainer`` does (a rollout batch is
+generated every ``steps_per_generation * num_iterations`` micro-steps and consumed in slices).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers.utils import is_peft_available
+
+from .config import SODConfig
+from .environments import PythonToolEnvironment, SandboxConfig, ToolEnvironment
+from .logprobs import sampled_token_logprobs
+from .rollout import HFGenerationBackend, RolloutEngine, ToolResponseFormatter
+from .scoring import RolloutScorer, ScoredBatch
+from .segmenters import StepSegmenter, get_segmenter
+from .teacher import LocalTeacher, check_vocabularies
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SODTrainer"]
+
+
+def _identity(rows):
+    return rows
+
+
+def _load_model(name_or_path: str, init_kwargs: dict | None, trust_remote_code: bool, what: str) -> PreTrainedModel:
+    kwargs = dict(init_kwargs or {})
+    dtype = kwargs.get("dtype", kwargs.pop("torch_dtype", None))
+    if isinstance(dtype, str) and dtype != "auto":
+        kwargs["dtype"] = getattr(torch, dtype)
+    kwargs.setdefault("trust_remote_code", trust_remote_code)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as error:
+        raise OSError(
+            f"Could not load the {what} {name_or_path!r}: {error}. Pass a local path, or make sure the Hugging "
+            "Face Hub is reachable (HF_HUB_OFFLINE must be unset)."
+        ) from error
+
+
+class SODTrainer(Trainer):
+    """Step-wise on-policy distillation of ``teacher_model`` into ``model`` on multi-turn tool rollouts.
+
+    Args:
+        model: the student, a ``PreTrainedModel`` or a name/path (loaded with ``args.model_init_kwargs``).
+        teacher_model: the teacher, an instance or a name/path; default ``args.teacher_model_name_or_path``.
+        args: :class:`SODConfig`.
+        train_dataset / eval_dataset: rows with a prompt column (``prompt``, ``messages`` or ``problem``) and
+            any extra columns, which reach the reward functions (as kwargs) and ``ToolEnvironment.reset``.
+        processing_class: the tokenizer (default: the student's); must have a chat template.
+        reward_funcs: callables ``fn(prompts, completions, **kwargs) -> list[float]`` (TRL's signature);
+            summed with ``args.reward_weights``. Needed unless ``grpo_coef == 0``.
+        environment_factory: zero-argument callable returning a fresh :class:`ToolEnvironment` per
+            trajectory; default a :class:`PythonToolEnvironment` built from ``args``.
+        step_segmenter: a :class:`StepSegmenter`; default from ``args.step_segmenter``.
+        peft_config: a ``peft.PeftConfig`` to train adapters instead of the full student.
+    """
+
+    _tag_names = ["trl", "sod"]
+    loss_is_scaled_for_ga = True  # compute_loss normalizes by the global token count itself
+
+    def __init__(
+        self,
+        model: PreTrainedModel | str,
+        teacher_model: PreTrainedModel | torch.nn.Module | str | None = None,
+        args: SODConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_funcs: Callable | list[Callable] | None = None,
+        environment_factory: Callable[[], ToolEnvironment] | None = None,
+        step_segmenter: StepSegmenter | None = None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = SODConfig(f"{str(name).split('/')[-1]}-SOD")
+        if not isinstance(args, SODConfig):
+            raise TypeError(f"args must be an SODConfig, got {type(args).__name__}.")
+        if isinstance(model, str):
+            model = _load_model(model, args.model_init_kwargs, args.trust_remote_code, "student")
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path
+        if teacher_model is None and args.teacher_server_url is None:
+            raise ValueError("No teacher: pass teacher_model=..., or set teacher_model_name_or_path or "
+                             "teacher_server_url in SODConfig.")
+        if isinstance(teacher_model, str):
+            teacher_model = _load_model(teacher_model, args.teacher_model_init_kwargs, args.trust_remote_code,
+                                        "teacher")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        if teacher_model is not None:
+            check_vocabularies(model, teacher_model, processing_class)
+        if peft_config is not None:
+            if not is_peft_available():
+                raise ImportError("peft_config needs the `peft` package: pip install peft")
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        if args.disable_dropout:
+            from trl.trainer.utils import disable_dropout_in_model
+
+            disable_dropout_in_model(model)
+            if teacher_model is not None:
+                disable_dropout_in_model(teacher_model)
+
+        if reward_funcs is None:
+            reward_funcs = []
+        elif not isinstance(reward_funcs, (list, tuple)):
+            reward_funcs = [reward_funcs]
+        if not reward_funcs and args.grpo_coef != 0:
+            raise ValueError(
+                "grpo_coef is non-zero but no reward_funcs were given. Pass reward_funcs=[...] (e.g. "
+                "sod_trainer.rewards.math_reward) or set grpo_coef=0 for pure step-weighted distillation."
+            )
+        if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
+            raise ValueError(f"reward_weights has {len(args.reward_weights)} entries but there are "
+                             f"{len(reward_funcs)} reward functions.")
+
+        super().__init__(
+            model=model, args=args, data_collator=_identity, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.num_generations = args.num_generations
+        self._step = 0
+        self._buffered_inputs: list[dict[str, Any]] | None = None
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._last_samples: list[dict[str, Any]] = []
+
+        if teacher_model is not None:
+            teacher_model.eval()
+            if self.is_deepspeed_enabled:
+                from trl.models.utils import prepare_deepspeed
+
+                teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
+            else:
+                teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+            self.teacher_model = teacher_model
+            teacher = LocalTeacher(teacher_model, temperature=args.temperature, chunk_size=args.logprob_chunk_size)
+        else:
+            from .teacher_server import ServerTeacher  # vLLM prompt log-probs over HTTP
+
+            self.teacher_model = None
+            teacher = ServerTeacher(args.teacher_server_url, processing_class, temperature=args.temperature)
+
+        segmenter = step_segmenter or get_segmenter(args.step_segmenter, processing_class, args.segment_step_tokens)
+        if environment_factory is None:
+            environment_factory = partial(
+                PythonToolEnvironment, parser=args.tool_call_format,
+                sandbox_config=SandboxConfig(timeout_s=args.tool_timeout),
+                max_tool_response_chars=args.max_tool_response_chars,
+            )
+        self.rollout_engine = RolloutEngine(
+            self._make_backend(), processing_class, environment_factory,
+            max_completion_length=args.max_completion_length, max_turns=args.max_tool_calling_iterations,
+            tool_workers=args.tool_workers,
+            formatter=ToolResponseFormatter(processing_class, args.tool_response_template,
+                                            args.chat_template_kwargs),
+        )
+        self.scorer = RolloutScorer(
+            args=args, tokenizer=processing_class, teacher=teacher, segmenter=segmenter,
+            reward_funcs=list(reward_funcs), accelerator=self.accelerator,
+        )
+
+    # ------------------------------------------------------------------ generation backend
+    def _make_backend(self):
+        args = self.args
+        if args.use_vllm:
+            from .rollout.vllm import make_vllm_backend
+
+            return make_vllm_backend(self)
+        from trl.models.utils import unwrap_model_for_generation
+
+        generation_config = getattr(self.accelerator.unwrap_model(self.model), "generation_config", None)
+        extra_eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+        extra_eos = [extra_eos] if isinstance(extra_eos, int) else list(extra_eos or [])
+        return HFGenerationBackend(
+            lambda: unwrap_model_for_generation(self.model_wrapped, self.accelerator),
+            self.processing_class, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            min_p=args.min_p, repetition_penalty=args.repetition_penalty, generation_kwargs=args.generation_kwargs,
+            eos_token_ids=extra_eos,
+        )
+
+    # ------------------------------------------------------------------ data
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt"]
+
+    def _get_train_sampler(self, dataset=None):
+        from trl.trainer.utils import RepeatSampler
+
+        dataset = dataset if dataset is not None else self.train_dataset
+        return RepeatSampler(
+            data_source=dataset, mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.args.num_iterations * self.args.steps_per_generation,
+            shuffle=self.args.shuffle_dataset, seed=self.args.seed,
+        )
+
+    def get_train_dataloader(self):
+        if self.train_dataset is None:
+            raise ValueError("SODTrainer needs a train_dataset.")
+        return self._get_dataloader(
+            dataset=self.train_dataset, description="Training",
+            batch_size=self._train_batch_size * self.args.steps_per_generation,
+            sampler_fn=self._get_train_sampler, is_training=True,
+        )
+
+    def _get_eval_sampler(self, eval_dataset):
+        from trl.trainer.utils import RepeatSampler
+
+        return RepeatSampler(data_source=eval_dataset, mini_repeat_count=self.num_generations, shuffle=False)
+
+    # ------------------------------------------------------------------ rollout batches
+    def _prepare_inputs(self, generation_batch: list[dict[str, Any]]) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        if mode == "eval":
+            return self._generate_and_score(generation_batch, mode).slices(1)[0]
+        generate_every = self.args.steps_per_generation * self.args.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None:
+            batch = self._generate_and_score(generation_batch, mode)
+            self._buffered_inputs = batch.slices(self.args.steps_per_generation, self.args.gradient_accumulation_steps)
+        inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        self._step += 1
+        return inputs
+
+    def _generate_and_score(self, rows: list[dict[str, Any]], mode: str) -> ScoredBatch:
+        was_training = self.model.training
+        with torch.no_grad():
+            batch = self.scorer.build(
+                rows, self.rollout_engine,
+                student_logprobs=partial(self._student_logprobs, with_entropy=True),
+                first_row_index=self._step,
+            )
+        self.model.train(was_training)
+        for key, value in batch.metrics.items():
+            self._metrics[mode][key].append(value)
+        self._last_samples = batch.samples
+        return batch
+
+    def _student_logprobs(self, input_ids, attention_mask, completion_start, token_mask, with_entropy=False):
+        return sampled_token_logprobs(
+            self.model, input_ids, attention_mask, completion_start, token_mask,
+            temperature=self.args.temperature, chunk_size=self.args.logprob_chunk_size, with_entropy=with_entropy,
+        )
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("SODTrainer does not return outputs from compute_loss.")
+        from .objective import clipped_surrogate_loss
+
+        args = self.args
+        loss_mask = inputs["loss_mask"]
+        logps, _ = sampled_token_logprobs(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_start"], loss_mask,
+            temperature=args.temperature, chunk_size=args.logprob_chunk_size,
+        )
+        if args.loss_type == "grpo":
+            # mean over each sequence's tokens, then a sum over sequences / global number of sequences
+            per_sequence = loss_mask.sum(1, keepdim=True).clamp(min=1)
+            token_scale = loss_mask / per_sequence
+        else:
+            token_scale = loss_mask.to(logps.dtype)
+        normalizer = inputs["normalizer"] / self.accelerator.num_processes  # DDP averages gradients
+        loss, stats = clipped_surrogate_loss(
+            logps, inputs["old_logps"], inputs["advantages"], token_scale,
+            epsilon_low=args.epsilon, epsilon_high=args.epsilon_high, dual_clip=args.dual_clip,
+            normalizer=normalizer,
+        )
+        mode = "train" if model.training else "eval"
+        mask = loss_mask.bool()
+        total = mask.sum().clamp(min=1)
+        for name in ("clipped_low", "clipped_high", "dual_clipped"):
+            value = (stats[name] & mask).sum() / total
+            self._metrics[mode][f"clip_ratio/{name.replace('clipped_', '').replace('dual_', 'dual')}"].append(
+                float(self.accelerator.gather(value).mean()))
+        if not torch.isfinite(loss):
+            logger.warning("Non-finite loss (%s) at step %d: the update of this micro-batch is skipped.",
+                           float(loss), self.state.global_step)
+            self._metrics[mode]["nonfinite_loss"].append(1.0)
+            loss = (logps * 0.0).sum()
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {}
+        for key, values in self._metrics[mode].items():
+            valid = [v for v in values if not math.isnan(v)]
+            metrics[key] = sum(valid) / len(valid) if valid else None
+        if mode == "eval":
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        logs = {**logs, **{k: v for k, v in metrics.items() if v is not None}}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+        if self.args.log_completions and self.accelerator.is_main_process and self._last_samples:
+            from .printing import print_trajectories
+
+            print_trajectories(self._last_samples[: self.args.num_completions_to_print or 1], self.state.global_step)
+            self._last_samples = []
+
+    def close(self) -> None:
+        """Stop the tool worker pool (called automatically at exit)."""
+        self.rollout_engine.close()
