@@ -183,7 +183,7 @@ class RolloutScorer:
 
         cpu = collate_trajectories(trajectories, self.tokenizer.pad_token_id)
         tensors = {key: value.to(device) for key, value in cpu.items()}
-        student = self._in_row_chunks(student_logprobs, tensors)
+        student = self._in_row_chunks(student_logprobs, tensors, with_entropy=True)
         old_logps = torch.cat([logps for logps, _ in student])
         entropy = torch.cat([ent for _, ent in student])
         teacher_logps = torch.cat(self._in_row_chunks(self.teacher.score, tensors)).to(device)

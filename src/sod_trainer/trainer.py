@@ -246,7 +246,7 @@ class SODTrainer(Trainer):
         with torch.no_grad():
             batch = self.scorer.build(
                 rows, self.rollout_engine,
-                student_logprobs=partial(self._student_logprobs, with_entropy=True),
+                student_logprobs=self._student_logprobs,
                 first_row_index=self._step,
             )
         self.model.train(was_training)
@@ -288,10 +288,9 @@ class SODTrainer(Trainer):
         mode = "train" if model.training else "eval"
         mask = loss_mask.bool()
         total = mask.sum().clamp(min=1)
-        for name in ("clipped_low", "clipped_high", "dual_clipped"):
+        for name, key in (("clipped_low", "low"), ("clipped_high", "high"), ("dual_clipped", "dual")):
             value = (stats[name] & mask).sum() / total
-            self._metrics[mode][f"clip_ratio/{name.replace('clipped_', '').replace('dual_', 'dual')}"].append(
-                float(self.accelerator.gather(value).mean()))
+            self._metrics[mode][f"clip_ratio/{key}"].append(float(self.accelerator.gather(value).mean()))
         if not torch.isfinite(loss):
             logger.warning("Non-finite loss (%s) at step %d: the update of this micro-batch is skipped.",
                            float(loss), self.state.global_step)
