@@ -14,9 +14,11 @@ import torch
 __all__ = [
     "STEP_WEIGHTING_SCHEMES",
     "step_ids_from_mask",
+    "step_means",
     "step_divergence",
     "step_weights",
     "token_weights",
+    "weights_for_step_ids",
     "group_advantages",
     "combined_advantages",
     "clipped_surrogate_loss",
@@ -41,6 +43,20 @@ def _num_steps(step_ids: torch.Tensor) -> int:
     return int(step_ids.max().item()) + 1 if step_ids.numel() and step_ids.max() >= 0 else 0
 
 
+def step_means(per_token: torch.Tensor, step_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, K)`` mean of a per-token quantity over the tokens of each step, and which steps exist."""
+    batch = step_ids.shape[0]
+    num_steps = max(_num_steps(step_ids), 1)
+    on_step = step_ids >= 0
+    values = per_token.detach().float() * on_step
+    index = step_ids.clamp(min=0)
+    sums = torch.zeros(batch, num_steps, dtype=values.dtype, device=values.device)
+    counts = torch.zeros_like(sums)
+    sums.scatter_add_(1, index, values)
+    counts.scatter_add_(1, index, on_step.to(values.dtype))
+    return sums / counts.clamp(min=1), counts > 0
+
+
 def step_divergence(
     student_logps: torch.Tensor, teacher_logps: torch.Tensor, step_ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,17 +65,7 @@ def step_divergence(
     Returns ``(d, valid)``, both ``(B, K)``: ``d[b, k]`` is the divergence of step k of row b and
     ``valid[b, k]`` says whether row b has a step k (``d`` is 0 where it has not).
     """
-    batch = step_ids.shape[0]
-    num_steps = max(_num_steps(step_ids), 1)
-    on_step = step_ids >= 0
-    index = step_ids.clamp(min=0)
-    gap = (student_logps.detach().float() - teacher_logps.detach().float()).abs() * on_step
-    sums = torch.zeros(batch, num_steps, dtype=gap.dtype, device=gap.device)
-    counts = torch.zeros_like(sums)
-    sums.scatter_add_(1, index, gap)
-    counts.scatter_add_(1, index, on_step.to(gap.dtype))
-    valid = counts > 0
-    return sums / counts.clamp(min=1), valid
+    return step_means((student_logps.detach().float() - teacher_logps.detach().float()).abs(), step_ids)
 
 
 def step_weights(

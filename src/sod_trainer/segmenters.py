@@ -61,18 +61,28 @@ class FixedLengthSegmenter:
 
 
 class BlankLineSegmenter:
-    """Text-only SOD [ours]: a new step starts after every token whose text contains a blank line."""
+    """Text-only SOD [ours]: a new step starts after each blank line (``\\n\\n``) in the model's text.
+
+    A blank line may be one token (``"\\n\\n"``) or two (``"\\n"``, ``"\\n"``); both are found from
+    per-token tables built once from the vocabulary.
+    """
 
     def __init__(self, tokenizer):
         vocab_size = len(tokenizer)
-        texts = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
-        decoded = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in texts]
-        self._ends_paragraph = torch.tensor(["\n\n" in text for text in decoded], dtype=torch.bool)
+        tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+        decoded = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in tokens]
+        self._has_blank_line = torch.tensor(["\n\n" in text for text in decoded], dtype=torch.bool)
+        self._starts_newline = torch.tensor([text.startswith("\n") for text in decoded], dtype=torch.bool)
+        self._ends_newline = torch.tensor([text.endswith("\n") for text in decoded], dtype=torch.bool)
 
     def __call__(self, completion_ids: torch.Tensor, assistant_mask: torch.Tensor) -> torch.Tensor:
-        table = self._ends_paragraph.to(completion_ids.device)
-        ends = table[completion_ids.clamp(0, table.numel() - 1)] & (assistant_mask == 1)
-        boundary = torch.nn.functional.pad(ends[:, :-1], (1, 0), value=False)
+        ids = completion_ids.clamp(0, self._has_blank_line.numel() - 1)
+        has_blank = self._has_blank_line.to(ids.device)[ids]
+        starts = self._starts_newline.to(ids.device)[ids]
+        ends = self._ends_newline.to(ids.device)[ids]
+        previous_ends = torch.nn.functional.pad(ends[:, :-1], (1, 0), value=False)
+        paragraph_end = (has_blank | (previous_ends & starts)) & (assistant_mask == 1)
+        boundary = torch.nn.functional.pad(paragraph_end[:, :-1], (1, 0), value=False)
         return _split_runs(assistant_mask, boundary)
 
 
