@@ -1,20 +1,25 @@
-"""PythonToolEnvironment: the paper's code-interpreter tool (SOD_SPEC §7)."""
+"""PythonToolEnvironment: the paper's code-interpreter tool (SOD_SPEC §7), sandboxed."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .base import ToolCallParser, ToolEnvironment, ToolResult, get_parser
-from .sandbox import PythonSandbox, SandboxConfig
+from .persistent import PersistentPythonSession
+from .sandbox import ExecutionResult, PythonSandbox, SandboxConfig
 
 __all__ = ["PythonToolEnvironment"]
 
 
 class PythonToolEnvironment(ToolEnvironment):
-    """Runs the tool call of each turn in a fresh sandboxed Python process.
+    """Runs the tool call of each turn in the sandbox (see :mod:`sod_trainer.environments.sandbox`).
 
-    A turn without a tool call ends the trajectory (it is the final answer). The observation is the
-    program's output (stdout, then stderr), cut to ``max_tool_response_chars`` head + tail.
+    Stateless by default, as in the paper: every call is a fresh process. With ``persistent=True``
+    the calls of one trajectory share one sandboxed interpreter, so variables survive across turns;
+    :meth:`reset` and :meth:`close` kill it. A turn without a tool call ends the trajectory (it is
+    the final answer). The observation is the program's output (stdout, then stderr), cut to
+    ``max_tool_response_chars`` head + tail. One environment serves one trajectory; environments of
+    a batch may step concurrently from a thread pool.
     """
 
     def __init__(
@@ -23,11 +28,14 @@ class PythonToolEnvironment(ToolEnvironment):
         sandbox: PythonSandbox | None = None,
         sandbox_config: SandboxConfig | None = None,
         max_tool_response_chars: int = 256,
+        persistent: bool = False,
     ):
         self.parser = get_parser(parser) if isinstance(parser, str) else parser
         self.sandbox = sandbox or PythonSandbox(sandbox_config)
         self.max_tool_response_chars = max_tool_response_chars
+        self.persistent = persistent
         self.row: dict[str, Any] = {}
+        self._session: PersistentPythonSession | None = None
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -35,7 +43,17 @@ class PythonToolEnvironment(ToolEnvironment):
 
     def reset(self, **row: Any) -> str | None:
         self.row = row
+        if self._session is not None:
+            self._session.close()
+            self._session = None
         return None
+
+    def _execute(self, code: str) -> ExecutionResult:
+        if not self.persistent:
+            return self.sandbox.run(code)
+        if self._session is None:
+            self._session = PersistentPythonSession(self.sandbox.config)
+        return self._session.run(code)
 
     def step(self, turn_text: str) -> ToolResult:
         try:
@@ -45,12 +63,25 @@ class PythonToolEnvironment(ToolEnvironment):
                               metadata={"parse_error": True})
         if code is None:
             return ToolResult(observation=None, done=True)
-        result = self.sandbox.run(code)
+        result = self._execute(code)
         observation = result.observation(self.max_tool_response_chars)
         if not observation:
             observation = "(no output)"
         return ToolResult(
             observation=observation, done=False, error=result.error, tool_called=True,
             metadata={"exit_code": result.exit_code, "timed_out": result.timed_out,
-                      "duration_s": result.duration_s, "isolation": result.isolation},
+                      "duration_s": result.duration_s, "isolation": result.isolation,
+                      "signal": result.signal, "output_truncated": result.output_truncated,
+                      "state_reset": result.state_reset, "persistent": self.persistent},
         )
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __del__(self) -> None:  # the engine calls close(); this only covers forgotten environments
+        try:
+            self.close()
+        except Exception:
+            pass
