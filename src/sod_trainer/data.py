@@ -1,10 +1,43 @@
-"""Dataset rows to prompt token ids: conversational ``prompt``, ``messages``, or plain ``problem``/``question``."""
+"""Datasets to prompts: loading (local files or the Hub), adapters, prompt templates, prompt token ids.
+
+A training row needs a prompt, in one of three shapes:
+
+* ``prompt``: a string or a list of chat messages (TRL's prompt-only conversational format);
+* ``messages``: a conversation; trailing assistant messages (a reference answer) are dropped;
+* ``problem`` / ``question`` (+ ``answer``, ``choices`` or ``tests``): plain text, which
+  :func:`prepare_dataset` renders with the math, multiple-choice or code template.
+
+verl-style rows (``prompt`` + ``reward_model: {"ground_truth": ...}``) get an ``answer`` column.
+Every other column is kept: it reaches the reward functions (as keyword arguments) and
+``ToolEnvironment.reset(**row)``. A row that cannot be used raises :class:`DatasetRowError`
+naming the row index and the column.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DatasetRowError", "row_to_messages", "encode_prompt"]
+from .benchmarks_data import CODE_STARTER_TEMPLATE, CODE_STDIN_TEMPLATE, MATH_TEMPLATE, MULTIPLE_CHOICE_TEMPLATE
+
+__all__ = [
+    "DatasetRowError",
+    "row_to_messages",
+    "encode_prompt",
+    "TOOL_SYSTEM_PROMPT",
+    "PROMPT_TEMPLATES",
+    "LOCAL_DATA_FORMATS",
+    "load_prompt_dataset",
+    "prepare_dataset",
+    "render_prompt",
+    "infer_prompt_template",
+    "validate_dataset",
+]
+
+logger = logging.getLogger(__name__)
 
 PROMPT_COLUMNS = ("prompt", "messages", "problem", "question")
 
@@ -76,3 +109,261 @@ def encode_prompt(
             "Raise max_prompt_length, filter long prompts, or set prompt_truncation='left'."
         )
     return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt templates
+# --------------------------------------------------------------------------------------------
+
+TOOL_SYSTEM_PROMPT = (
+    "You can run Python code to help you: write it in a ```python block and stop. The code runs in a fresh "
+    "Python process and its printed output (or error) is shown to you before you continue. Use the tool as "
+    "often as you need, then give your final answer."
+)
+"""The default system prompt of templated rows **[ours]**: the paper's tool (SOD_SPEC §7) described in
+words. The paper does not print its prompts; this one asks for exactly its tool-call format."""
+
+
+PROMPT_TEMPLATES: dict[str, str] = {
+    "math": MATH_TEMPLATE,
+    "multiple_choice": MULTIPLE_CHOICE_TEMPLATE,
+    "code": CODE_STDIN_TEMPLATE,
+    "code_starter": CODE_STARTER_TEMPLATE,
+}
+"""``str.format`` templates by kind: ``math`` (``{problem}``), ``multiple_choice`` (``{problem}``,
+``{choices}``, ``{letters}``), ``code`` (``{problem}``), ``code_starter`` (``{problem}``, ``{starter_code}``).
+They are the evaluation benchmarks' templates (:mod:`sod_trainer.benchmarks_data`), so a student is trained
+on the prompts it is evaluated with. The paper names its answer formats but does not print its prompts
+**[ours]**."""
+
+TEMPLATE_KINDS = ("auto", "math", "multiple_choice", "code", "none")
+_CHOICE_COLUMNS = ("choices", "options")
+_TEST_COLUMNS = ("tests", "test_cases", "input_output")
+
+
+def _present(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, (list, tuple, dict)):
+        return len(value) > 0
+    return True
+
+
+def infer_prompt_template(row: dict[str, Any]) -> str:
+    """The template kind for a plain row: ``code`` if it has tests, ``multiple_choice`` if it has choices,
+    else ``math``."""
+    if any(_present(row.get(column)) for column in _TEST_COLUMNS):
+        return "code"
+    if any(_present(row.get(column)) for column in _CHOICE_COLUMNS):
+        return "multiple_choice"
+    return "math"
+
+
+def _letters_text(letters: Sequence[str]) -> str:
+    return ", ".join(letters[:-1]) + " or " + letters[-1] if len(letters) > 1 else letters[0]
+
+
+def render_prompt(
+    row: dict[str, Any],
+    template: str = "auto",
+    *,
+    index: int | None = None,
+    system_prompt: str | None = TOOL_SYSTEM_PROMPT,
+    templates: dict[str, str] | None = None,
+) -> tuple[list[dict], dict[str, Any]]:
+    """Chat messages for a plain ``problem``/``question`` row, and the columns to update.
+
+    ``template``: ``auto`` (see :func:`infer_prompt_template`), ``math``, ``multiple_choice`` or ``code``.
+    For multiple choice, an integer answer (an option index) or an answer equal to an option's text is
+    turned into the option's letter. Raises :class:`DatasetRowError` naming the row and column.
+    """
+    where = f"row {index}" if index is not None else "a row"
+    templates = templates if templates is not None else PROMPT_TEMPLATES
+    column = next((c for c in ("problem", "question") if c in row and row[c] is not None), None)
+    if column is None:
+        raise DatasetRowError(
+            f"Dataset {where} has none of the prompt columns {PROMPT_COLUMNS} (it has {sorted(row)}). "
+            "Add a 'prompt' column (a string or a list of chat messages) or a 'problem' column."
+        )
+    problem = row[column]
+    if not isinstance(problem, str) or not problem.strip():
+        raise DatasetRowError(f"Dataset {where}: column {column!r} must be a non-empty string, got {problem!r:.80}.")
+    kind = infer_prompt_template(row) if template == "auto" else template
+    updates: dict[str, Any] = {}
+    if kind == "math":
+        content = templates["math"].format(problem=problem.strip())
+    elif kind == "multiple_choice":
+        choice_column = next((c for c in _CHOICE_COLUMNS if c in row), None)
+        choices = row.get(choice_column) if choice_column else None
+        if isinstance(choices, dict):  # {"A": "...", "B": "..."}
+            choices = [choices[key] for key in sorted(choices)]
+        if not isinstance(choices, (list, tuple)) or len(choices) < 2 or not all(
+                isinstance(c, (str, int, float)) for c in choices):
+            raise DatasetRowError(
+                f"Dataset {where}: column {choice_column or 'choices'!r} must be a list of at least two options "
+                f"for a multiple-choice prompt, got {choices!r:.120}."
+            )
+        choices = [str(c).strip() for c in choices]
+        letters = [chr(ord("A") + i) for i in range(len(choices))]
+        choice_text = "\n".join(f"{letter}) {choice}" for letter, choice in zip(letters, choices))
+        content = templates["multiple_choice"].format(problem=problem.strip(), choices=choice_text,
+                                                      letters=_letters_text(letters))
+        answer = row.get("answer")
+        if isinstance(answer, int) and not isinstance(answer, bool):
+            if not 0 <= answer < len(choices):
+                raise DatasetRowError(f"Dataset {where}: column 'answer' is option index {answer}, but there are "
+                                      f"only {len(choices)} options.")
+            updates["answer"] = letters[answer]
+        elif isinstance(answer, str) and len(answer.strip()) > 1 and answer.strip() in choices:
+            updates["answer"] = letters[choices.index(answer.strip())]
+        updates["choices"] = choices
+    elif kind == "code":
+        starter = row.get("starter_code")
+        if isinstance(starter, str) and starter.strip() and "code_starter" in templates:
+            content = templates["code_starter"].format(problem=problem.strip(), starter_code=starter.rstrip())
+        else:
+            content = templates["code"].format(problem=problem.strip())
+    else:
+        raise ValueError(f"Unknown prompt template {template!r}; choose one of {TEMPLATE_KINDS}.")
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": content}]
+    return messages, updates
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+LOCAL_DATA_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+def load_prompt_dataset(
+    name_or_path: str,
+    *,
+    config: str | None = None,
+    split: str = "train",
+    revision: str | None = None,
+    data_files: str | list[str] | dict | None = None,
+    streaming: bool = False,
+):
+    """A ``datasets.Dataset`` from a local file (``.json``, ``.jsonl``, ``.parquet``, ``.csv``), a local
+    folder (a saved dataset, or data files named by split: ``train.jsonl``, ``test.jsonl``, ...) or a
+    Hugging Face Hub id (``config``, ``split``, ``revision`` as in ``datasets.load_dataset``)."""
+    import datasets
+
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        builder = LOCAL_DATA_FORMATS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"Unsupported data file {path}: use one of {sorted(LOCAL_DATA_FORMATS)}, or a Hub id.")
+        # One file is one split: it is returned whatever `split` says.
+        return datasets.load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"The dataset saved at {path} has splits {list(loaded)}, not {split!r}.")
+            return loaded[split]
+        return loaded
+    try:
+        return datasets.load_dataset(name_or_path, config, split=split, revision=revision, data_files=data_files,
+                                     streaming=streaming)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"Could not load the dataset {name_or_path!r} (split {split!r}): it is not a local file or folder, and "
+            f"the Hugging Face Hub could not provide it ({error}). Check the path, the Hub id and the split "
+            "names, or set HF_HUB_OFFLINE=0 if you are offline by mistake."
+        ) from error
+    except ValueError as error:
+        if "split" in str(error).lower():
+            raise ValueError(f"Dataset {name_or_path!r} has no split {split!r}: {error}") from error
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _verl_answer(row: dict[str, Any], index: int) -> Any:
+    reward_model = row.get("reward_model")
+    if isinstance(reward_model, str):
+        try:
+            reward_model = json.loads(reward_model)
+        except json.JSONDecodeError:
+            return reward_model
+    if isinstance(reward_model, dict):
+        if "ground_truth" not in reward_model:
+            raise DatasetRowError(f"Dataset row {index}: column 'reward_model' has no 'ground_truth' "
+                                  f"(keys {sorted(reward_model)}).")
+        return reward_model["ground_truth"]
+    raise DatasetRowError(f"Dataset row {index}: column 'reward_model' must be a dict with 'ground_truth', "
+                          f"got {reward_model!r:.80}.")
+
+
+def validate_dataset(dataset, *, limit: int | None = None) -> None:
+    """Check that every row (or the first ``limit``) yields a prompt; raise :class:`DatasetRowError`
+    naming the first bad row's index and column."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    for index in range(count):
+        row_to_messages(dataset[index], index)
+
+
+def prepare_dataset(
+    dataset,
+    *,
+    template: str = "auto",
+    system_prompt: str | None = TOOL_SYSTEM_PROMPT,
+    max_samples: int | None = None,
+    validate: bool = True,
+):
+    """Make every row trainable: a ``prompt`` column, an ``answer`` when the reference is elsewhere.
+
+    * ``prompt`` or ``messages`` rows are kept as they are (they already are prompts);
+    * verl-style rows with ``reward_model.ground_truth`` and no ``answer`` get ``answer``;
+    * ``problem``/``question`` rows get a ``prompt`` rendered with ``template`` (see :func:`render_prompt`)
+      and ``system_prompt``; ``template="none"`` sends the text as it is.
+
+    ``max_samples`` keeps the first rows. ``validate`` checks every row and raises
+    :class:`DatasetRowError` naming the first bad row and column. Extra columns are kept.
+    """
+    if template not in TEMPLATE_KINDS:
+        raise ValueError(f"Unknown prompt template {template!r}; choose one of {TEMPLATE_KINDS}.")
+    if not hasattr(dataset, "__len__"):
+        raise TypeError("SOD training needs a map-style dataset (not streaming): its rows are sampled "
+                        "num_generations times each. Load it without streaming=True.")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    columns = set(dataset.column_names)
+    if "reward_model" in columns and "answer" not in columns:
+        answers = [_verl_answer(row, index) for index, row in enumerate(dataset.select_columns(["reward_model"]))]
+        dataset = dataset.add_column("answer", [a if isinstance(a, str) else json.dumps(a) for a in answers])
+        columns.add("answer")
+    if not columns & {"prompt", "messages"} and columns & {"problem", "question"}:
+        prompts, updates = [], {"answer": {}, "choices": {}}
+        for index, row in enumerate(dataset):
+            if template == "none":
+                messages, changed = row_to_messages(row, index), {}
+                if system_prompt:
+                    messages = [{"role": "system", "content": system_prompt}, *messages]
+            else:
+                messages, changed = render_prompt(row, template, index=index, system_prompt=system_prompt)
+            prompts.append(messages)
+            for key, value in changed.items():
+                updates[key][index] = value
+        dataset = dataset.add_column("prompt", prompts)
+        for column, changed in updates.items():
+            source = column if column in dataset.column_names else None
+            if column == "choices" and source is None and "options" in dataset.column_names:
+                source = "options"
+            if not changed or source is None:
+                continue
+            values = [changed.get(i, value) for i, value in enumerate(dataset[source])]
+            if column == "answer" and len({type(v) for v in values if v is not None}) > 1:
+                values = [None if v is None else str(v) for v in values]
+            dataset = dataset.remove_columns(source).add_column(source, values)
+    if validate:
+        validate_dataset(dataset)
+    return dataset

@@ -1,0 +1,1 @@
+"""Entry points behind the ``sod`` command (``train``); each is also runnable with ``accelerate launch``."""

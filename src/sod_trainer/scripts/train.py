@@ -1,0 +1,472 @@
+"""The training script behind ``sod train`` and ``examples/math_tir.py``.
+
+    sod train --config examples/recipes/sod_qwen3_1.7b.yaml [--any_field value ...]
+    accelerate launch -m sod_trainer.scripts.train --config examples/recipes/sod_qwen3_1.7b.yaml
+
+One YAML file sets the defaults of four dataclasses, TRL's way (``trl.TrlParser``):
+
+* :class:`SODScriptArguments`: the data, the reward functions, the tool environment;
+* :class:`~sod_trainer.SODConfig`: everything about training (a ``transformers.TrainingArguments``);
+* ``trl.ModelConfig``: the student's loading (``model_name_or_path``, ``dtype``, ...) and LoRA (``use_peft``);
+* :class:`LaunchArguments`: how ``sod train`` starts ``accelerate launch`` (ignored once launched).
+
+Flags given on the command line override the file; an ``env:`` mapping in the file is exported to the
+environment before anything else runs. ``model_name_or_path: toy-student`` with
+``teacher_model_name_or_path: toy-teacher`` and ``dataset_name: toy-arithmetic`` select the offline toy
+world (:mod:`sod_trainer.toy`), so the whole path runs on a laptop without the Hub.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+from sod_trainer.config import SODConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SODScriptArguments",
+    "LaunchArguments",
+    "make_parser",
+    "main",
+    "load_models",
+    "load_datasets",
+    "build_reward_funcs",
+    "build_environment_factory",
+    "resolve_accelerate_config",
+    "TOY_STUDENT",
+    "TOY_TEACHER",
+    "TOY_DATASET",
+]
+
+TOY_STUDENT = "toy-student"
+TOY_TEACHER = "toy-teacher"
+TOY_DATASET = "toy-arithmetic"
+REWARD_NAMES = ("auto", "math", "math_strict", "multiple_choice", "code", "toy")
+
+
+@dataclass
+class SODScriptArguments(ScriptArguments):
+    """Arguments of the training script: data, rewards, environment (TRL's ``ScriptArguments`` plus SOD's)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Training data: a Hub id, a local .json/.jsonl/.parquet/.csv file, a local folder (a "
+                  "saved dataset or split-named data files), or 'toy-arithmetic' (the offline toy world)."},
+    )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Evaluation data when it is not the `dataset_test_split` split of `dataset_name` "
+                  "(same forms as dataset_name). Used only when eval_strategy is not 'no'."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training rows (for a quick run)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation rows."})
+    prompt_template: str = field(
+        default="auto",
+        metadata={"help": "How rows with plain problem/question columns become prompts: 'auto' (code if the row "
+                  "has tests, multiple_choice if it has choices, else math), 'math', 'multiple_choice', 'code', "
+                  "or 'none' (the text as it is). Rows with a prompt or messages column are used as they are.",
+                  "choices": ["auto", "math", "multiple_choice", "code", "none"]},
+    )
+    system_prompt: str | None = field(
+        default="tool",
+        metadata={"help": "System message of prompts rendered from problem/question columns: 'tool' (the built-in "
+                  "tool-use instructions, sod_trainer.data.TOOL_SYSTEM_PROMPT), 'none', or the text itself."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["auto"],
+        metadata={"help": "Reward functions: 'auto' (picked from the dataset's columns: math for answer, "
+                  "multiple_choice for choices or letter answers, code for tests), 'math', 'math_strict' (the "
+                  "paper's exact boxed match), 'multiple_choice', 'code', 'toy', or a dotted import path "
+                  "('my_module.my_reward', TRL's signature fn(prompts, completions, **kwargs))."},
+    )
+    reward_tool_shaping: bool = field(
+        default=False,
+        metadata={"help": "Tool-use shaping of wrong answers: r = min(-0.6, r + 0.1 * (num_turns - 2) / 2) "
+                  "(paper: on)."},
+    )
+    reward_overlong_buffer: int | None = field(
+        default=None,
+        metadata={"help": "DAPO overlong penalty buffer in tokens (paper: 1024); None disables the penalty."},
+    )
+    reward_overlong_factor: float = field(default=1.0, metadata={"help": "DAPO overlong penalty factor (paper: 1.0)."})
+    environment: str = field(
+        default="python",
+        metadata={"help": "Tool environment: 'python' (the built-in sandboxed Python tool, configured by SODConfig's "
+                  "tool_* fields) or a dotted import path to a ToolEnvironment class or a factory function."},
+    )
+    environment_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for a custom environment (a YAML mapping or a JSON string)."},
+    )
+    save_final_model: bool = field(
+        default=True, metadata={"help": "Save the trained model (and tokenizer) to output_dir at the end."}
+    )
+
+
+@dataclass
+class LaunchArguments:
+    """How ``sod train`` starts the run: arguments for ``accelerate launch``. Ignored inside the launched script."""
+
+    launcher: str = field(
+        default="accelerate",
+        metadata={"help": "'accelerate': start the run with `accelerate launch` (TRL's way); 'none': train in this "
+                  "process (a debugger, a notebook, or a launcher of your own such as torchrun).",
+                  "choices": ["accelerate", "none"]},
+    )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "Accelerate config: a file, or a name from examples/accelerate_configs (single_gpu, "
+                  "multi_gpu, zero2, zero3, zero3_offload) or from TRL's shipped configs."},
+    )
+    num_processes: int | None = field(default=None, metadata={"help": "Processes in total (usually one per GPU)."})
+    num_machines: int | None = field(default=None, metadata={"help": "Machines (nodes) in the run."})
+    machine_rank: int | None = field(default=None, metadata={"help": "Rank of this machine (0 on the main node)."})
+    main_process_ip: str | None = field(default=None, metadata={"help": "IP address of the main node."})
+    main_process_port: int | None = field(default=None, metadata={"help": "Port of the main node."})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "Mixed precision of `accelerate launch`.",
+                                "choices": ["no", "fp16", "bf16", "fp8"]},
+    )
+    gpu_ids: str | None = field(default=None, metadata={"help": "GPUs to use on this machine, e.g. '0,1,2,3'."})
+    dynamo_backend: str | None = field(default=None, metadata={"help": "torch.compile backend, e.g. 'inductor'."})
+    deepspeed_config_file: str | None = field(
+        default=None, metadata={"help": "A DeepSpeed JSON config (instead of the accelerate config's own)."}
+    )
+    zero_stage: int | None = field(default=None, metadata={"help": "DeepSpeed ZeRO stage (1, 2 or 3)."})
+    launch_args: str | None = field(
+        default=None,
+        metadata={"help": "Any other `accelerate launch` arguments, as one string, e.g. '--rdzv_backend c10d'."},
+    )
+
+    _FLAGS = ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port",
+              "mixed_precision", "gpu_ids", "dynamo_backend", "deepspeed_config_file", "zero_stage")
+
+    def accelerate_args(self) -> list[str]:
+        """The arguments for ``accelerate launch`` (before the script), in a stable order."""
+        args: list[str] = []
+        if self.accelerate_config:
+            args += ["--config_file", resolve_accelerate_config(self.accelerate_config)]
+        for name in self._FLAGS:
+            value = getattr(self, name)
+            if value is not None:
+                args += [f"--{name}", str(value)]
+        if self.zero_stage is not None:
+            args.insert(0, "--use_deepspeed")
+        if self.launch_args:
+            args += shlex.split(self.launch_args)
+        return args
+
+
+def launcher_field_names() -> set[str]:
+    """Names of the :class:`LaunchArguments` fields (flags that ``sod train`` keeps for itself)."""
+    from dataclasses import fields
+
+    return {f.name for f in fields(LaunchArguments)}
+
+
+def accelerate_config_dirs() -> list[Path]:
+    """Where named accelerate configs are looked up: ./examples/accelerate_configs, the repository's, TRL's."""
+    dirs = [Path.cwd() / "examples" / "accelerate_configs", Path(__file__).resolve().parents[3] / "examples" /
+            "accelerate_configs"]
+    try:
+        import importlib.resources as resources
+
+        dirs.append(Path(str(resources.files("trl.accelerate_configs"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return dirs
+
+
+def resolve_accelerate_config(value: str) -> str:
+    """A path for ``--config_file``: ``value`` itself if it is a file, else ``<dir>/<value>.yaml``."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return str(path)
+    for directory in accelerate_config_dirs():
+        candidate = directory / f"{value.removesuffix('.yaml')}.yaml"
+        if candidate.is_file():
+            return str(candidate)
+    known = sorted({p.stem for d in accelerate_config_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    raise ValueError(f"accelerate_config={value!r} is neither a file nor a known config name. Known names: "
+                     f"{', '.join(known) or 'none found'}.")
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    """The parser of ``sod train``: script, training, model and launch arguments, with ``--config``."""
+    return TrlParser((SODScriptArguments, SODConfig, ModelConfig, LaunchArguments), prog=prog)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def _toy_world_models(seed: int):
+    """Tokenizer, student and teacher of the offline toy world: the shipped teacher when it was built,
+    else untrained tiny models of the same shapes (the run then only exercises the plumbing)."""
+    import torch
+
+    try:
+        from sod_trainer.toy import models as toy_models
+    except ImportError:  # the toy world without its models: conftest-style tiny Qwen3s
+        toy_models = None
+    tokenizer = None
+    teacher_dir = getattr(toy_models, "TEACHER_DIR", None)
+    trained = teacher_dir is not None and (Path(teacher_dir) / "config.json").exists()
+    if trained and (Path(teacher_dir) / "tokenizer.json").exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    if tokenizer is None:
+        try:
+            from sod_trainer.toy.tasks import build_toy_tokenizer
+
+            tokenizer = build_toy_tokenizer()
+        except ImportError:
+            from sod_trainer.toy.tokenizer import build_tokenizer
+
+            tokenizer = build_tokenizer()
+    if toy_models is not None and trained:
+        teacher = toy_models.load_teacher()
+    elif toy_models is not None:
+        logger.warning("The toy teacher has not been built (python scripts/build_toy_teacher.py): using an "
+                       "untrained toy teacher, so this run only exercises the training path.")
+        teacher = toy_models.build_model(toy_models.teacher_config(tokenizer), seed=seed)
+    else:
+        teacher = _tiny_qwen3(tokenizer, hidden=96, seed=seed)
+    if toy_models is not None and hasattr(toy_models, "load_student"):
+        student = toy_models.load_student()
+    elif toy_models is not None and hasattr(toy_models, "student_from_teacher"):
+        student = toy_models.student_from_teacher(teacher)
+    else:
+        student = _tiny_qwen3(tokenizer, hidden=64, seed=seed + 1)
+    return tokenizer, student.to(torch.float32), teacher.to(torch.float32)
+
+
+def _tiny_qwen3(tokenizer, hidden: int, seed: int):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+def load_models(model_args: ModelConfig, training_args: SODConfig):
+    """``(tokenizer, student, teacher)``: instances for the toy world; for real models the student and
+    teacher stay names (SODTrainer loads them with ``model_init_kwargs`` / ``teacher_model_init_kwargs``,
+    which this fills from ``ModelConfig``: revision, dtype, attention, quantization)."""
+    student_name = model_args.model_name_or_path
+    teacher_name = training_args.teacher_model_name_or_path
+    if student_name is None:
+        raise ValueError("No student: set model_name_or_path (a Hub id, a local path, or 'toy-student').")
+    if (student_name == TOY_STUDENT) != (teacher_name == TOY_TEACHER):
+        raise ValueError(f"The toy world's models go together: model_name_or_path={student_name!r} and "
+                         f"teacher_model_name_or_path={teacher_name!r}; use '{TOY_STUDENT}' with '{TOY_TEACHER}' "
+                         "(they share the toy tokenizer) or two real models that share a tokenizer.")
+    if student_name == TOY_STUDENT:
+        return _toy_world_models(training_args.seed)
+    if teacher_name is None and training_args.teacher_server_url is None:
+        raise ValueError("No teacher: set teacher_model_name_or_path (or teacher_server_url).")
+
+    from transformers import AutoTokenizer
+    from trl import get_kbit_device_map, get_quantization_config
+
+    model_kwargs: dict[str, Any] = {"revision": model_args.model_revision, "dtype": model_args.dtype}
+    if model_args.attn_implementation is not None:
+        model_kwargs["attn_implementation"] = model_args.attn_implementation
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        model_kwargs["quantization_config"] = quantization_config
+        model_kwargs["device_map"] = get_kbit_device_map()
+    training_args.model_init_kwargs = {**model_kwargs, **(training_args.model_init_kwargs or {})}
+    if training_args.teacher_model_init_kwargs is None:
+        training_args.teacher_model_init_kwargs = {
+            key: value for key, value in model_kwargs.items() if key in ("dtype", "attn_implementation")}
+    tokenizer = AutoTokenizer.from_pretrained(student_name, revision=model_args.model_revision,
+                                              trust_remote_code=training_args.trust_remote_code)
+    return tokenizer, student_name, teacher_name
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def _system_prompt(value: str | None) -> str | None:
+    from sod_trainer.data import TOOL_SYSTEM_PROMPT
+
+    if value is None or value.strip().lower() == "none":
+        return None
+    return TOOL_SYSTEM_PROMPT if value.strip().lower() == "tool" else value
+
+
+def _load_one(script_args: SODScriptArguments, name: str, split: str, size: int | None, seed: int):
+    if name == TOY_DATASET:
+        from sod_trainer.toy.tasks import build_dataset
+
+        toy_split = "train" if split == script_args.dataset_train_split else "eval"
+        return build_dataset(size or (1024 if toy_split == "train" else 64), seed=seed, split=toy_split)
+    from sod_trainer.data import load_prompt_dataset
+
+    return load_prompt_dataset(name, config=script_args.dataset_config, split=split)
+
+
+def load_datasets(script_args: SODScriptArguments, training_args: SODConfig):
+    """``(train_dataset, eval_dataset or None)``, loaded, rendered into prompts and checked row by row."""
+    from sod_trainer.data import prepare_dataset
+
+    if script_args.dataset_name is None:
+        raise ValueError("No training data: set dataset_name (a Hub id, a local file or folder, or "
+                         f"'{TOY_DATASET}').")
+    if script_args.dataset_streaming:
+        raise ValueError("dataset_streaming is not supported: SOD samples each prompt num_generations times, "
+                         "which needs a map-style dataset.")
+    system_prompt = _system_prompt(script_args.system_prompt)
+    train = _load_one(script_args, script_args.dataset_name, script_args.dataset_train_split,
+                      script_args.max_train_samples, training_args.seed)
+    train = prepare_dataset(train, template=script_args.prompt_template, system_prompt=system_prompt,
+                            max_samples=script_args.max_train_samples)
+    evaluation = None
+    if training_args.eval_strategy != "no":
+        name = script_args.eval_dataset_name or script_args.dataset_name
+        evaluation = _load_one(script_args, name, script_args.dataset_test_split, script_args.max_eval_samples,
+                               training_args.seed)
+        evaluation = prepare_dataset(evaluation, template=script_args.prompt_template, system_prompt=system_prompt,
+                                     max_samples=script_args.max_eval_samples)
+    return train, evaluation
+
+
+# --------------------------------------------------------------------------------------------
+# Rewards and environment
+# --------------------------------------------------------------------------------------------
+
+
+def _import_object(dotted: str, what: str):
+    module_name, _, attribute = dotted.rpartition(".")
+    if not module_name:
+        raise ValueError(f"{what} {dotted!r} is not a known name or a dotted import path (module.name).")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as TRL: modules next to the recipe are importable
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Could not import {what} {dotted!r}: {error}") from error
+
+
+def build_reward_funcs(script_args: SODScriptArguments, training_args: SODConfig, train_dataset) -> list:
+    """Reward callables for the names in ``script_args.reward_funcs`` (see its help)."""
+    from sod_trainer import rewards
+
+    options = {"tool_shaping": script_args.reward_tool_shaping,
+               "overlong_buffer": script_args.reward_overlong_buffer,
+               "overlong_factor": script_args.reward_overlong_factor,
+               "max_completion_length": training_args.max_completion_length}
+    factories = {"math": rewards.make_math_reward, "multiple_choice": rewards.make_multiple_choice_reward,
+                 "code": rewards.make_code_reward}
+    result = []
+    for name in script_args.reward_funcs or []:
+        if name == "auto":
+            try:
+                result += rewards.default_reward_funcs(train_dataset, **options)
+            except ValueError:
+                if training_args.grpo_coef != 0:
+                    raise
+                logger.info("No reward fits the dataset's columns; training without rewards (grpo_coef=0).")
+        elif name == "math_strict":
+            result.append(rewards.make_math_reward(strict=True, **options))
+        elif name in factories:
+            result.append(factories[name](**options))
+        elif name == "toy":
+            from sod_trainer.toy.tasks import toy_reward
+
+            result.append(toy_reward)
+        else:
+            result.append(_import_object(name, "reward function"))
+    return result
+
+
+def build_environment_factory(script_args: SODScriptArguments):
+    """``None`` for the built-in Python tool (SODTrainer builds it from SODConfig), else a zero-argument
+    factory for the class or function named by ``script_args.environment``."""
+    if script_args.environment == "python":
+        if script_args.environment_kwargs:
+            raise ValueError("environment_kwargs applies to a custom environment; configure the built-in Python "
+                             "tool with SODConfig's tool_* fields (tool_timeout, tool_call_format, ...).")
+        return None
+    kwargs = script_args.environment_kwargs or {}
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"environment_kwargs must be a JSON object, got {kwargs!r}: {error}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"environment_kwargs must be a mapping, got {kwargs!r}.")
+    factory = _import_object(script_args.environment, "environment")
+    if not callable(factory):
+        raise ValueError(f"environment {script_args.environment!r} is not a class or a function.")
+    return partial(factory, **kwargs) if kwargs else factory
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def main(script_args: SODScriptArguments, training_args: SODConfig, model_args: ModelConfig,
+         launch_args: LaunchArguments | None = None):
+    """Load everything the arguments name, train, save; returns the trainer."""
+    from trl import get_peft_config
+
+    from sod_trainer.trainer import SODTrainer
+
+    tokenizer, student, teacher = load_models(model_args, training_args)
+    train_dataset, eval_dataset = load_datasets(script_args, training_args)
+    reward_funcs = build_reward_funcs(script_args, training_args, train_dataset)
+    trainer = SODTrainer(
+        model=student, teacher_model=teacher, args=training_args, train_dataset=train_dataset,
+        eval_dataset=eval_dataset, processing_class=tokenizer, reward_funcs=reward_funcs,
+        environment_factory=build_environment_factory(script_args), peft_config=get_peft_config(model_args),
+    )
+    try:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.accelerator.print("Training completed.")
+        if script_args.save_final_model:
+            trainer.save_model(training_args.output_dir)
+            trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+        if training_args.push_to_hub:
+            trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    finally:
+        trainer.close()
+        if hasattr(trainer, "end"):
+            trainer.end()
+    return trainer
+
+
+def run(argv: list[str] | None = None):
+    """Parse ``argv`` (``--config recipe.yaml`` and flags) and train in this process."""
+    parser = make_parser()
+    script_args, training_args, model_args, launch_args = parser.parse_args_and_config(argv)
+    return main(script_args, training_args, model_args, launch_args)
+
+
+if __name__ == "__main__":
+    run()
