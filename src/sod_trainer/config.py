@@ -91,6 +91,11 @@ class SODConfig(TrainingArguments):
                   "(drop tokens from the start).", "choices": ["error", "left"]},
     )
     shuffle_dataset: bool = field(default=True, metadata={"help": "Shuffle the training prompts."})
+    validate_dataset: bool = field(
+        default=True,
+        metadata={"help": "Check every prompt row (columns, chat format, length) before training starts, so a bad "
+                  "row fails at once with its index instead of hours into a run."},
+    )
     chat_template_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Extra keyword arguments for `apply_chat_template` (e.g. enable_thinking)."}
     )

@@ -146,14 +146,19 @@ class RolloutScorer:
             name = getattr(function, "__name__", type(function).__name__)
             try:
                 values = function(prompts=prompts, completions=completions, trajectories=trajectories, **columns)
-            except Exception as error:
-                raise RuntimeError(f"Reward function {name!r} raised {type(error).__name__}: {error}") from error
-            if len(values) != len(completions):
-                raise ValueError(f"Reward function {name!r} returned {len(values)} values for "
-                                 f"{len(completions)} completions.")
-            column = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+                if len(values) != len(completions):
+                    raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
+                column = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+                failed = 0.0
+            except Exception as error:  # contained: this batch gets reward 0 from it, counted and logged
+                logger.warning("Reward function %r failed on this batch (%s: %s); its reward counts as 0. Fix the "
+                               "function or the dataset column it reads.", name, type(error).__name__, error)
+                column = torch.full((len(completions),), math.nan)
+                failed = 1.0
+            metrics[f"rewards/{name}/failures"] = failed
             per_function[:, j] = column
-            metrics[f"rewards/{name}/mean"] = float(torch.nanmean(column))
+            if not torch.isnan(column).all():
+                metrics[f"rewards/{name}/mean"] = float(torch.nanmean(column))
         rewards = (torch.nan_to_num(per_function, nan=0.0) * self.reward_weights).sum(1)
         return rewards, metrics
 

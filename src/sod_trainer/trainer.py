@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -16,15 +17,18 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 from transformers.utils import is_peft_available
 
 from .config import SODConfig
 from .environments import PythonToolEnvironment, SandboxConfig, ToolEnvironment
+from .interrupt import InterruptCallback, InterruptHandler, TrainingInterrupted
 from .logprobs import sampled_token_logprobs
 from .rollout import HFGenerationBackend, RolloutEngine, ToolResponseFormatter
 from .scoring import RolloutScorer, ScoredBatch
 from .segmenters import StepSegmenter, get_segmenter
 from .teacher import LocalTeacher, check_vocabularies
+from .validation import check_chat_template, validate_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +109,7 @@ class SODTrainer(Trainer):
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+        check_chat_template(processing_class, args.chat_template_kwargs)
         if teacher_model is not None:
             check_vocabularies(model, teacher_model, processing_class)
         if peft_config is not None:
@@ -133,12 +138,17 @@ class SODTrainer(Trainer):
             raise ValueError(f"reward_weights has {len(args.reward_weights)} entries but there are "
                              f"{len(reward_funcs)} reward functions.")
 
+        if args.validate_dataset:
+            for dataset in (train_dataset, eval_dataset):
+                validate_prompts(dataset, processing_class, args)
+        self.interrupt_handler = InterruptHandler()
         super().__init__(
             model=model, args=args, data_collator=_identity, train_dataset=train_dataset,
-            eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
-            optimizers=optimizers,
+            eval_dataset=eval_dataset, processing_class=processing_class,
+            callbacks=list(callbacks or []) + [InterruptCallback(self.interrupt_handler)], optimizers=optimizers,
         )
         self.num_generations = args.num_generations
+        self._skip_update = False
         self._step = 0
         self._buffered_inputs: list[dict[str, Any]] | None = None
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -173,6 +183,7 @@ class SODTrainer(Trainer):
             tool_workers=args.tool_workers,
             formatter=ToolResponseFormatter(processing_class, args.tool_response_template,
                                             args.chat_template_kwargs),
+            should_stop=self.interrupt_handler.check,
         )
         self.scorer = RolloutScorer(
             args=args, tokenizer=processing_class, teacher=teacher, segmenter=segmenter,
@@ -291,17 +302,89 @@ class SODTrainer(Trainer):
         for name, key in (("clipped_low", "low"), ("clipped_high", "high"), ("dual_clipped", "dual")):
             value = (stats[name] & mask).sum() / total
             self._metrics[mode][f"clip_ratio/{key}"].append(float(self.accelerator.gather(value).mean()))
-        if not torch.isfinite(loss):
-            logger.warning("Non-finite loss (%s) at step %d: the update of this micro-batch is skipped.",
+        finite = bool(torch.isfinite(loss))
+        self._metrics[mode]["skipped_updates"].append(0.0 if finite else 1.0)
+        if not finite:
+            logger.warning("Non-finite loss (%s) at step %d: this optimizer step is skipped.",
                            float(loss), self.state.global_step)
-            self._metrics[mode]["nonfinite_loss"].append(1.0)
+            self._skip_update = True
             loss = (logps * 0.0).sum()
         return loss
+
+    def create_optimizer(self, model=None):
+        """The optimizer, with a guard that skips a step in which any micro-batch had a non-finite loss."""
+        optimizer = super().create_optimizer(model)
+        if not getattr(optimizer, "_sod_guarded", False):
+            step = optimizer.step
+
+            def guarded_step(*args, **kwargs):
+                skip = torch.tensor(float(self._skip_update), device=self.accelerator.device)
+                self._skip_update = False
+                if self.accelerator.reduce(skip, reduction="sum").item() > 0:  # every process skips together
+                    optimizer.zero_grad(set_to_none=True)
+                    return None
+                return step(*args, **kwargs)
+
+            optimizer.step = guarded_step
+            optimizer._sod_guarded = True
+        return optimizer
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ training, interruption, checkpoints
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """As ``Trainer.train``; SIGTERM/Ctrl-C save a checkpoint and return cleanly (see :mod:`.interrupt`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint.")
+        if resume_from_checkpoint:
+            self._load_sod_state(resume_from_checkpoint)
+        self.interrupt_handler.install()
+        try:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            if self.interrupt_handler.requested:  # stopped by InterruptCallback after a step, checkpoint saved
+                output.metrics["interrupted"] = 1.0
+            return output
+        except TrainingInterrupted as interruption:
+            # rollouts start an optimizer step, so the model is at the end of global_step: save that
+            self.model.zero_grad(set_to_none=True)
+            self._buffered_inputs = None
+            self._step = self.state.global_step * self.args.gradient_accumulation_steps
+            self._save_checkpoint(self.model, trial=None)
+            folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            logger.warning("Training interrupted by %s: saved %s; resume with train(resume_from_checkpoint=True).",
+                           interruption, folder)
+            self.control.should_training_stop = True
+            return TrainOutput(self.state.global_step, float("nan"), {"interrupted": 1.0})
+        finally:
+            self.interrupt_handler.restore()
+
+    def _sod_state_path(self, folder: str) -> str:
+        return os.path.join(folder, f"sod_state_{self.accelerator.process_index}.pt")
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        buffered = None
+        if self._buffered_inputs is not None:
+            buffered = [{key: value.cpu() for key, value in part.items()} for part in self._buffered_inputs]
+        torch.save({"step": self._step, "buffered_inputs": buffered}, self._sod_state_path(folder))
+
+    def _load_sod_state(self, folder: str) -> None:
+        path = self._sod_state_path(folder)
+        if not os.path.exists(path):
+            logger.warning("%s has no SOD state (rollout buffer position); starting a fresh rollout batch.", folder)
+            return
+        state = torch.load(path, weights_only=False)
+        self._step = state["step"]
+        buffered = state["buffered_inputs"]
+        device = self.accelerator.device
+        self._buffered_inputs = None if buffered is None else [
+            {key: value.to(device) for key, value in part.items()} for part in buffered]
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -45,6 +45,7 @@ class RolloutEngine:
         tool_workers: int = 8,
         formatter: ToolResponseFormatter | None = None,
         stop_strings: Sequence[str] | None = None,
+        should_stop: Callable[[], None] | None = None,
     ):
         self.backend = backend
         self.tokenizer = tokenizer
@@ -53,6 +54,7 @@ class RolloutEngine:
         self.max_turns = max_turns
         self.formatter = formatter or ToolResponseFormatter(tokenizer)
         self.stop_strings = tuple(stop_strings) if stop_strings is not None else None
+        self.should_stop = should_stop or (lambda: None)
         self.pool = ThreadPoolExecutor(max_workers=max(1, tool_workers), thread_name_prefix="sod-tool")
         self.eos_token_ids = set(getattr(backend, "eos_token_ids", set())) | {tokenizer.eos_token_id}
 
@@ -102,6 +104,7 @@ class RolloutEngine:
             for turn_index in range(self.max_turns):
                 if not live:
                     break
+                self.should_stop()  # raises to abandon the batch when training is being interrupted
                 contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in live]
                 budgets = [self.max_completion_length - trajectories[i].completion_length for i in live]
                 outputs = self.backend.generate(contexts, budgets, stop_strings)
