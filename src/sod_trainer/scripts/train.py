@@ -182,12 +182,9 @@ def accelerate_config_dirs() -> list[Path]:
     """Where named accelerate configs are looked up: ./examples/accelerate_configs, the repository's, TRL's."""
     dirs = [Path.cwd() / "examples" / "accelerate_configs", Path(__file__).resolve().parents[3] / "examples" /
             "accelerate_configs"]
-    try:
-        import importlib.resources as resources
+    import trl
 
-        dirs.append(Path(str(resources.files("trl.accelerate_configs"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
+    dirs.append(Path(trl.__file__).parent / "accelerate_configs")
     return dirs
 
 
