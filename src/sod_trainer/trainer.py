@@ -306,7 +306,7 @@ class SODTrainer(Trainer):
         self._metrics[mode]["skipped_updates"].append(0.0 if finite else 1.0)
         if not finite:
             logger.warning("Non-finite loss (%s) at step %d: this optimizer step is skipped.",
-                           float(loss), self.state.global_step)
+                           float(loss.detach()), self.state.global_step)
             self._skip_update = True
             loss = (logps * 0.0).sum()
         return loss
