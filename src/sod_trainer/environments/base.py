@@ -69,7 +69,7 @@ class FencedCodeParser:
     """The last ```` ```python ... ``` ```` block of the turn (default; the paper's format)."""
 
     stop_strings: tuple[str, ...] = ()
-    _pattern = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
+    _pattern = re.compile(r"```(?:python|py)[ \t]*\r?\n(.*?)```", re.DOTALL)
 
     def __call__(self, turn_text: str) -> str | None:
         blocks = self._pattern.findall(turn_text)

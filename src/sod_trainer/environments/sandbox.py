@@ -276,7 +276,8 @@ def _sod_boot():
                 status = 1
         except BaseException as error:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            report = traceback.TracebackException(type(error), error, error.__traceback__.tb_next)
+            # The last 200 frames at most: formatting a million-frame recursion would outlast the deadline.
+            report = traceback.TracebackException(type(error), error, error.__traceback__.tb_next, limit=-200)
             report.stack = traceback.StackSummary.from_list(
                 [frame for frame in report.stack if not (frame.filename == "<string>" and frame.name == "on_alarm")])
             sys.stderr.write("".join(report.format()))
@@ -335,10 +336,24 @@ def _sod_boot():
         except Exception:
             pass
         if cfg["kill_strays"]:
+            # Kill every other process of the sandbox (kill(-1) spares the caller and the
+            # namespace's init); inside our own PID namespace, wait until they are gone.
             try:
                 os.kill(-1, signal.SIGKILL)
             except OSError:
                 pass
+            if cfg["own_pid_namespace"]:
+                import time
+                me, end = os.getpid(), time.monotonic() + 2.0
+                while True:
+                    try:
+                        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                            pass
+                    except ChildProcessError:
+                        pass
+                    if time.monotonic() > end or not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]:
+                        break
+                    time.sleep(0.001)
         os.write(response_fd, (json.dumps({"status": status}) + "\n").encode())
 
 _sod_boot()
@@ -675,7 +690,7 @@ class _SandboxProcess:
         boot: dict[str, Any] = {
             "mode": self.mode, "uid": self.uid, "timeout": timeout, "show_last": show_last,
             "no_new_privs": not plan.namespaces, "limits": self._limits(cpu),
-            "kill_strays": plan.namespaces or plan.drop_uid,
+            "kill_strays": plan.namespaces or plan.drop_uid, "own_pid_namespace": plan.namespaces,
         }
         pass_fds: list[int] = []
         if self.mode == "oneshot":
@@ -752,8 +767,10 @@ class _SandboxProcess:
                     self._drain(streams, open_streams)
                     return "response"
                 if popen.poll() is not None:
-                    # bwrap returns only once its PID namespace is empty, so the pipes are at EOF;
-                    # without namespaces strays may keep them open: give them a moment only.
+                    # bwrap exits as soon as the main process does; the namespace's init then kills
+                    # the rest. Wait for that, so the pipes are at EOF and nothing is left running.
+                    # Without namespaces strays may keep the pipes open: give them a moment only.
+                    self.await_namespace_exit()
                     self._drain(streams, open_streams, grace_s=0.0 if self.plan.namespaces else 0.05)
                     return "exited"
                 remaining = deadline - time.monotonic()
@@ -829,6 +846,45 @@ class _SandboxProcess:
             self.info_fd = None
 
     # -- killing and cleaning up -----------------------------------------------------------------
+    def _await_info(self, timeout_s: float = 1.0) -> None:
+        """The pid of the namespace's init arrives on the info fd right after the namespace exists."""
+        end = time.monotonic() + timeout_s
+        while self.info_fd is not None and time.monotonic() < end:
+            ready = selectors.DefaultSelector()
+            ready.register(self.info_fd, selectors.EVENT_READ)
+            try:
+                if ready.select(max(end - time.monotonic(), 0.0)):
+                    self._read_info()
+            finally:
+                ready.close()
+
+    def _kill_namespace(self) -> None:
+        if self.ns_init_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.ns_init_pidfd, signal.SIGKILL)
+            except (OSError, AttributeError):
+                pass
+
+    def await_namespace_exit(self, timeout_s: float = 5.0) -> None:
+        """Return once the sandbox's PID namespace is empty: its init (bwrap's reaper) has exited,
+        which the kernel allows only after every other process of the namespace is gone."""
+        if not self.plan.namespaces:
+            return
+        self._await_info()
+        pidfd = self.ns_init_pidfd
+        if pidfd is None:
+            return
+        for attempt in range(2):
+            ready = selectors.DefaultSelector()
+            ready.register(pidfd, selectors.EVENT_READ)
+            try:
+                if ready.select(timeout_s):
+                    return
+            finally:
+                ready.close()
+            self._kill_namespace()
+        logger.error("sandbox namespace init did not exit after SIGKILL")
+
     def kill(self) -> None:
         """Kill the whole process tree and return once it is gone."""
         popen = self.popen
@@ -836,21 +892,11 @@ class _SandboxProcess:
             return
         self.killed = True
         if self.plan.namespaces:
-            if self.ns_init_pidfd is None and self.info_fd is not None and popen.poll() is None:
-                # Killing the namespace's init (bwrap's reaper) empties the namespace; its pid
-                # arrives on the info fd right after the namespace is created.
-                end = time.monotonic() + 1.0
-                while self.info_fd is not None and time.monotonic() < end and popen.poll() is None:
-                    ready = selectors.DefaultSelector()
-                    ready.register(self.info_fd, selectors.EVENT_READ)
-                    if ready.select(0.05):
-                        self._read_info()
-                    ready.close()
-            if self.ns_init_pidfd is not None:
-                try:
-                    signal.pidfd_send_signal(self.ns_init_pidfd, signal.SIGKILL)
-                except (OSError, AttributeError):
-                    pass
+            # Killing the namespace's init empties the namespace (the kernel kills the rest).
+            if self.ns_init_pidfd is None:
+                self._await_info()
+            self._kill_namespace()
+            self.await_namespace_exit()
             try:
                 popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -889,6 +935,8 @@ class _SandboxProcess:
             if self.popen.poll() is None:
                 self.kill()
             else:
+                self._kill_namespace()  # a no-op unless something outlived the main process
+                self.await_namespace_exit()
                 self._sweep()
             for stream in (self.popen.stdout, self.popen.stderr):
                 if stream is not None:
