@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -270,11 +271,12 @@ def load_prompt_dataset(
     try:
         return datasets.load_dataset(name_or_path, config, split=split, revision=revision, data_files=data_files,
                                      streaming=streaming)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ConnectionError) as error:
         raise FileNotFoundError(
             f"Could not load the dataset {name_or_path!r} (split {split!r}): it is not a local file or folder, and "
-            f"the Hugging Face Hub could not provide it ({error}). Check the path, the Hub id and the split "
-            "names, or set HF_HUB_OFFLINE=0 if you are offline by mistake."
+            f"the Hugging Face Hub could not provide it ({type(error).__name__}: {error}). Check the path, the "
+            "Hub id and the split name; offline, pass a local file or folder (HF_HUB_OFFLINE is "
+            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')})."
         ) from error
     except ValueError as error:
         if "split" in str(error).lower():
