@@ -372,3 +372,19 @@ def test_default_reward_funcs_picks_by_columns():
     assert shaped[0].strict and shaped[0].tool_shaping
     with pytest.raises(ValueError, match="reward_funcs"):
         default_reward_funcs(["prompt", "solution"])
+
+
+def test_code_reward_embeds_stdin_for_a_sandbox_without_stdin_support():
+    from sod_trainer.environments.sandbox import PythonSandbox, SandboxConfig
+
+    class OldStyleSandbox:  # run(code) only: the input must travel inside the program
+        def __init__(self):
+            self.inner = PythonSandbox(SandboxConfig(timeout_s=5))
+
+        def run(self, code):
+            return self.inner.run(code)
+
+    reward = CodeReward(sandbox=OldStyleSandbox(), max_workers=1)
+    good = _code("import sys\nnums = [int(x) for x in sys.stdin.buffer.read().split()]\nprint(sum(nums))")
+    wrong = _code("print(input())")
+    assert reward(prompts=None, completions=[good, wrong], tests=[SUM_TESTS, SUM_TESTS]) == [1.0, -1.0]
