@@ -1,0 +1,141 @@
+"""Persistent mode: one killable sandboxed interpreter per trajectory."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+
+import pytest
+
+from sod_trainer.environments.persistent import PersistentPythonSession
+from sod_trainer.environments.sandbox import SandboxConfig
+
+from test_sandbox_attacks import sandbox_processes
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+
+
+@pytest.fixture
+def temp_root(tmp_path):
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def session(temp_root):
+    with PersistentPythonSession(SandboxConfig(timeout_s=1.0, temp_root=str(temp_root))) as session:
+        yield session
+
+
+def test_variables_functions_and_imports_survive_across_calls(session):
+    assert session.run("import numpy as np\nx = 40\ndef inc(v):\n    return v + 1").stdout == ""
+    assert session.run("inc(x) + 1").stdout == "42\n"
+    assert session.run("np.array([x, inc(x)]).sum()").stdout == "81\n"
+    assert session.workers_started == 1 and session.alive
+
+
+def test_files_in_the_working_directory_survive_until_close(session, temp_root):
+    session.run("open('state.txt', 'w').write('kept')")
+    assert session.run("open('state.txt').read()").stdout == "'kept'\n"
+    assert len(list(temp_root.iterdir())) == 1
+    session.close()
+    assert list(temp_root.iterdir()) == [] and not session.alive
+
+
+def test_an_error_keeps_the_state(session):
+    session.run("x = 1")
+    result = session.run("x += 1\nraise ValueError('boom')")
+    assert result.error and "ValueError: boom" in result.stderr and 'File "cell2.py", line 2' in result.stderr
+    assert not result.state_reset
+    assert session.run("x").stdout == "2\n"
+
+
+def test_memory_error_keeps_the_worker(session):
+    session.run("x = 'alive'")
+    result = session.run("block = bytearray(8 << 30)")
+    assert "MemoryError" in result.stderr and not result.state_reset
+    assert session.run("x").stdout == "'alive'\n"
+
+
+def test_soft_timeout_keeps_the_state(session):
+    session.run("x = 7")
+    result = session.run("while True:\n    pass")
+    assert result.timed_out and result.error and not result.state_reset
+    assert session.run("x").stdout == "7\n" and session.workers_started == 1
+
+
+def test_loop_ignoring_signals_kills_the_worker_and_resets_the_state(session, temp_root):
+    session.run("x = 7")
+    started = time.monotonic()
+    result = session.run("import signal\nfor s in (signal.SIGALRM, signal.SIGTERM):\n"
+                         "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass")
+    assert time.monotonic() - started < 1.0 + 2.0
+    assert result.timed_out and result.state_reset and result.exit_code is None
+    assert "variables from earlier calls were lost" in result.observation(256)
+    assert sandbox_processes(session.config) == []
+    assert list(temp_root.iterdir()) == []
+    after = session.run("x")
+    assert "NameError" in after.stderr and not after.state_reset
+    assert session.run("6 * 7").stdout == "42\n" and session.workers_started == 2
+
+
+@pytest.mark.parametrize("code, signal_name, exit_code", [
+    ("import os\nos._exit(3)", None, 3),
+    ("import ctypes\nctypes.string_at(0)", "SIGSEGV", -11),
+])
+def test_worker_death_is_an_error_and_resets_the_state(session, code, signal_name, exit_code):
+    session.run("x = 1")
+    result = session.run(code)
+    assert result.error and result.state_reset and result.signal == signal_name and result.exit_code == exit_code
+    assert "NameError" in session.run("x").stderr
+
+
+def test_sys_exit_ends_the_call_not_the_worker(session):
+    session.run("x = 1")
+    result = session.run("import sys\nsys.exit(2)")
+    assert result.exit_code == 2 and result.error and not result.state_reset
+    assert session.run("x").stdout == "1\n"
+
+
+def test_detached_children_are_killed_when_the_call_ends(session):
+    marker = f"{3000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**9:09d}"
+    result = session.run(f"import subprocess\nsubprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
+                         "print('spawned')")
+    assert result.stdout == "spawned\n" and session.alive
+    leftovers = [p for p in sandbox_processes(session.config, marker) if marker in p]
+    assert leftovers == []
+
+
+def test_output_cap_and_kill_parent_in_persistent_mode(temp_root):
+    config = SandboxConfig(timeout_s=2.0, temp_root=str(temp_root), max_output_bytes=10_000)
+    with PersistentPythonSession(config) as session:
+        big = session.run("import sys\n_ = sys.stdout.write('a' * 50_000_000 + 'END')")
+        assert big.output_truncated and big.stdout.endswith("END") and len(big.stdout) < 10_100
+        attacked = session.run("import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+                               "except OSError as error:\n    print(type(error).__name__)\nprint('still here')")
+        # The worker's parent is the namespace's init, owned by another uid: refused.
+        assert attacked.stdout in ("PermissionError\nstill here\n", "still here\n")
+        assert not attacked.state_reset and session.workers_started == 1
+        assert session.run("1 + 1").stdout == "2\n"
+
+
+def test_close_kills_the_worker_and_everything_it_started(temp_root):
+    session = PersistentPythonSession(SandboxConfig(timeout_s=1.0, temp_root=str(temp_root)))
+    session.run("import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()")
+    assert session.alive
+    session.close()
+    assert not session.alive and sandbox_processes(session.config) == [] and list(temp_root.iterdir()) == []
+    session.close()  # idempotent
+
+
+def test_a_forgotten_session_is_cleaned_up_by_the_garbage_collector(temp_root):
+    import gc
+
+    session = PersistentPythonSession(SandboxConfig(timeout_s=1.0, temp_root=str(temp_root)))
+    session.run("x = 1")
+    config = session.config
+    del session
+    gc.collect()
+    assert sandbox_processes(config) == [] and list(temp_root.iterdir()) == []
