@@ -75,6 +75,14 @@ def test_exit_codes(sandbox):
     assert result.exit_code == 1 and "fatal: no input" in result.stderr
 
 
+def test_exit_and_quit_builtins_and_unicode_output(sandbox):
+    # The interpreter starts without `site`; the bootstrap provides what it would have.
+    result = sandbox.run("print('π ≈ 3.14159')\nexit()\nprint('unreachable')")
+    assert result.stdout == "π ≈ 3.14159\n" and result.exit_code == 0
+    assert sandbox.run("quit(4)").exit_code == 4
+    assert "numpy" in sandbox.run("import numpy, sys\nnumpy.__file__").stdout
+
+
 def test_default_recursion_limit_raises_recursion_error(sandbox):
     result = sandbox.run("def f(n):\n    return f(n + 1)\nf(0)")
     assert result.error and "RecursionError" in result.stderr

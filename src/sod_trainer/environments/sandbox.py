@@ -47,10 +47,13 @@ from __future__ import annotations
 
 import ast
 import collections
+import concurrent.futures
+import importlib.util
 import json
 import logging
 import math
 import os
+import queue
 import selectors
 import shutil
 import signal
@@ -212,8 +215,10 @@ def add_print_of_last_expression(code: str) -> str:
 
 _BOOTSTRAP = r'''
 def _sod_boot():
-    import os, sys, json, resource
-    cfg = json.loads(sys.argv[1])
+    # Imports are kept to builtin modules on the success path: every millisecond here is paid
+    # on every tool call (json, ast, signal, traceback and site would add ~20 ms).
+    import os, sys, _ast, _signal, resource, builtins
+    cfg = eval(sys.argv[1], {"__builtins__": {}})  # a literal written by the trainer
     sys.argv[:] = [""]
     if cfg["no_new_privs"]:
         import ctypes
@@ -229,24 +234,56 @@ def _sod_boot():
         os.setgroups([])
         os.setgid(cfg["uid"])
         os.setuid(cfg["uid"])
-    import ast, linecache, signal, traceback
+    if cfg["no_new_privs"]:  # no bwrap: die with the trainer ourselves (after setuid, which clears it)
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+        if os.getppid() != cfg["parent"]:
+            os._exit(137)
+    # What `site` would do, without running .pth files: site-packages on the path, exit() and quit().
+    sys.path.extend(cfg["path"])
+
+    class Quitter:
+        def __init__(self, name):
+            self.name = name
+
+        def __repr__(self):
+            return f"Use {self.name}() or Ctrl-D (i.e. EOF) to exit"
+
+        def __call__(self, code=None):
+            raise SystemExit(code)
+
+    def help(*args, **kwargs):
+        import pydoc
+        return pydoc.help(*args, **kwargs)
+
+    builtins.exit, builtins.quit, builtins.help = Quitter("exit"), Quitter("quit"), help
     namespace = sys.modules["__main__"].__dict__
     for key in [k for k in namespace if k not in ("__name__", "__builtins__", "__doc__", "__spec__", "__loader__", "__package__")]:
         del namespace[key]
     namespace["__doc__"] = None
 
-    def run(source, filename, timeout, show_last):
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    def print_error(error, tb, source, filename):
         try:
-            tree = ast.parse(source, filename)
+            import linecache, traceback
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            # The last 200 frames at most: formatting a million-frame recursion would outlast the deadline.
+            report = traceback.TracebackException(type(error), error, tb, limit=-200)
+            report.stack = traceback.StackSummary.from_list(
+                [frame for frame in report.stack if not (frame.filename == "<string>" and frame.name == "on_alarm")])
+            sys.stderr.write("".join(report.format()))
+        except BaseException:  # e.g. the code broke the traceback module: say at least what happened
+            sys.stderr.write(f"Traceback (most recent call last):\n{type(error).__name__}: {error}\n")
+
+    def run(source, filename, timeout, show_last):
+        try:
+            tree = compile(source, filename, "exec", _ast.PyCF_ONLY_AST)
             last = None
-            if show_last and tree.body and isinstance(tree.body[-1], ast.Expr):
+            if show_last and tree.body and isinstance(tree.body[-1], _ast.Expr):
                 value = tree.body[-1].value
-                if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "print"):
-                    last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+                if not (isinstance(value, _ast.Call) and isinstance(value.func, _ast.Name) and value.func.id == "print"):
+                    last = compile(_ast.Expression(tree.body.pop().value), filename, "eval")
             body = compile(tree, filename, "exec")
         except Exception as error:
-            traceback.print_exception(type(error), error, None)
+            print_error(error, None, source, filename)
             return 1
         fired = []
 
@@ -255,8 +292,8 @@ def _sod_boot():
                 fired.append(True)
                 raise TimeoutError(f"execution exceeded the time limit of {timeout:g} s")
 
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        _signal.signal(_signal.SIGALRM, on_alarm)
+        _signal.setitimer(_signal.ITIMER_REAL, timeout)
         try:
             exec(body, namespace)
             if last is not None:
@@ -265,7 +302,7 @@ def _sod_boot():
                     print(repr(value) if isinstance(value, str) else value)
             status = 0
         except SystemExit as exit_:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
             code = exit_.code
             if code is None:
                 status = 0
@@ -275,15 +312,11 @@ def _sod_boot():
                 print(code, file=sys.stderr)
                 status = 1
         except BaseException as error:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            # The last 200 frames at most: formatting a million-frame recursion would outlast the deadline.
-            report = traceback.TracebackException(type(error), error, error.__traceback__.tb_next, limit=-200)
-            report.stack = traceback.StackSummary.from_list(
-                [frame for frame in report.stack if not (frame.filename == "<string>" and frame.name == "on_alarm")])
-            sys.stderr.write("".join(report.format()))
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+            print_error(error, error.__traceback__.tb_next, source, filename)
             status = 124 if fired and isinstance(error, TimeoutError) else 1
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
         return status
 
     if cfg["mode"] == "oneshot":
@@ -300,6 +333,7 @@ def _sod_boot():
         sys.stderr.flush()
         raise SystemExit(status)
 
+    import json, time
     request_fd, response_fd = cfg["ctrl"]
     cpu = cfg["cpu_per_call"]
 
@@ -339,11 +373,10 @@ def _sod_boot():
             # Kill every other process of the sandbox (kill(-1) spares the caller and the
             # namespace's init); inside our own PID namespace, wait until they are gone.
             try:
-                os.kill(-1, signal.SIGKILL)
+                os.kill(-1, 9)
             except OSError:
                 pass
             if cfg["own_pid_namespace"]:
-                import time
                 me, end = os.getpid(), time.monotonic() + 2.0
                 while True:
                     try:
@@ -372,6 +405,7 @@ class _Plan:
     drop_uid: bool  # run the code as a per-call unprivileged uid (trainer is root)
     bwrap_prefix: tuple[str, ...]  # bwrap options shared by all calls (empty for "rlimits")
     reason: str = ""
+    site_paths: tuple[str, ...] = ()  # sys.path entries that `site` would have added
 
     @property
     def namespaces(self) -> bool:
@@ -392,23 +426,51 @@ _plans_lock = threading.Lock()
 _warned: set[str] = set()
 
 
-def _interpreter_paths(python: str) -> list[str]:
-    """Directories the interpreter needs (prefixes, its binary's directory), symlinks resolved too."""
+def _interpreter_layout(python: str) -> tuple[list[str], list[str]]:
+    """(directories the interpreter needs, its site-packages path entries).
+
+    The sandbox starts Python with ``-S`` (no ``site``: ~8 ms less per call), so the bootstrap puts
+    site-packages and the directories listed in its ``.pth`` files on ``sys.path`` itself; the
+    ``import`` lines of ``.pth`` files are not run.
+    """
     if os.path.realpath(python) == os.path.realpath(sys.executable):
+        import site
+
         prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+        site_dirs = site.getsitepackages()
     else:
-        query = "import sys, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]))"
+        query = ("import sys, site, json; print(json.dumps([[sys.prefix, sys.base_prefix, sys.exec_prefix, "
+                 "sys.base_exec_prefix], site.getsitepackages()]))")
         completed = subprocess.run([python, "-I", "-c", query], capture_output=True, text=True, timeout=30,
                                    env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL)
         if completed.returncode != 0:
             raise RuntimeError(f"Cannot run the sandbox interpreter {python!r}: {completed.stderr.strip()[-500:]}")
-        prefixes = json.loads(completed.stdout)
+        prefixes, site_dirs = json.loads(completed.stdout)
     paths = set()
     for path in [*prefixes, os.path.dirname(python)]:
         paths.add(os.path.abspath(path))
         paths.add(os.path.realpath(path))
     paths.add(os.path.dirname(os.path.realpath(python)))
-    return sorted(paths)
+    site_paths: list[str] = []
+    for site_dir in site_dirs:
+        if not os.path.isdir(site_dir) or site_dir in site_paths:
+            continue
+        site_paths.append(site_dir)
+        for name in sorted(os.listdir(site_dir)):
+            if not name.endswith(".pth"):
+                continue
+            try:
+                lines = open(os.path.join(site_dir, name), encoding="utf-8").read().splitlines()
+            except (OSError, UnicodeDecodeError):
+                continue
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith(("#", "import ", "import\t")):
+                    continue
+                entry = os.path.abspath(os.path.join(site_dir, line))
+                if os.path.isdir(entry) and entry not in site_paths:
+                    site_paths.append(entry)
+    return sorted(paths), site_paths
 
 
 def _is_within(path: str, parent: str) -> bool:
@@ -429,7 +491,7 @@ def _bwrap_prefix(config: SandboxConfig, python: str, as_root: bool) -> tuple[st
             hidden.append(path)
     for path in hidden:
         args += ["--tmpfs", path]
-    needed = _interpreter_paths(python)
+    needed = _interpreter_layout(python)[0]
     made_dirs: set[str] = set()
     for path in needed:
         mask = next((h for h in hidden if _is_within(path, h) and path != h), None)
@@ -456,13 +518,14 @@ def _make_plan(config: SandboxConfig) -> _Plan:
     if requested not in ("auto", "bwrap", "rlimits"):
         raise ValueError(f"SandboxConfig.isolation={requested!r}; choose 'auto', 'bwrap' or 'rlimits'.")
     reason = ""
+    site_paths = tuple(_interpreter_layout(python)[1])
     if requested != "rlimits":
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             reason = "bubblewrap (bwrap) is not installed (apt-get install bubblewrap)"
         else:
             plan = _Plan("bwrap" if as_root else "bwrap-userns", python, as_root,
-                         (bwrap, *_bwrap_prefix(config, python, as_root)))
+                         (bwrap, *_bwrap_prefix(config, python, as_root)), site_paths=site_paths)
             probe = _run_once(plan, config, "import numpy, sympy\nprint(6 * 7)", None, timeout_s=30.0,
                               show_last=False, probe=True)
             if probe.exit_code == 0 and probe.stdout.strip() == "42":
@@ -481,11 +544,13 @@ def _make_plan(config: SandboxConfig) -> _Plan:
                                "namespaces (root, or unprivileged user namespaces), or set isolation='auto'.")
     drop_uid = False
     if as_root:
-        # Run as an unprivileged uid only if that uid can still start the interpreter.
-        plan = _Plan("rlimits", python, True, ())
-        probe = _run_once(plan, config, "print(6 * 7)", None, timeout_s=30.0, show_last=False, probe=True)
+        # Run as an unprivileged uid only if that uid can still read the standard library (and
+        # numpy, when the trainer has it): without a mount namespace, nothing can be re-exposed.
+        plan = _Plan("rlimits", python, True, (), site_paths=site_paths)
+        imports = "import fractions\n" + ("import numpy\n" if importlib.util.find_spec("numpy") else "")
+        probe = _run_once(plan, config, imports + "print(6 * 7)", None, timeout_s=30.0, show_last=False, probe=True)
         drop_uid = probe.stdout.strip() == "42"
-    plan = _Plan("rlimits", python, drop_uid, (), reason or "isolation='rlimits' requested")
+    plan = _Plan("rlimits", python, drop_uid, (), reason or "isolation='rlimits' requested", site_paths)
     message = ("SANDBOX WITHOUT NAMESPACES: model-written code runs with rlimits only -- it can reach the "
                "network and write wherever its uid may write"
                + ("" if drop_uid else ", and it runs with the trainer's own uid")
@@ -630,6 +695,46 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
+class _Spawner:
+    """Starts every sandbox from one long-lived thread.
+
+    bwrap's ``--die-with-parent`` (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits,
+    not the process: a persistent worker started from a thread-pool thread would be SIGKILLed when
+    that thread retires. Forking from a thread that lives as long as the trainer avoids that, and
+    the sandboxes still die with the trainer.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue | None = None
+        self._pid = -1
+
+    def _loop(self, requests: queue.SimpleQueue) -> None:
+        while True:
+            args, kwargs, future = requests.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(subprocess.Popen(*args, **kwargs))
+            except BaseException as error:  # handed to the caller
+                future.set_exception(error)
+
+    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen:
+        with self._lock:
+            if self._requests is None or self._pid != os.getpid():  # first use, or after a fork
+                self._requests = queue.SimpleQueue()
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, args=(self._requests,), name="sod-sandbox-spawner",
+                                 daemon=True).start()
+            requests = self._requests
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        requests.put((args, kwargs, future))
+        return future.result()
+
+
+_spawner = _Spawner()
+
+
 class _SandboxProcess:
     """One sandboxed interpreter, one-shot or persistent worker."""
 
@@ -691,6 +796,7 @@ class _SandboxProcess:
             "mode": self.mode, "uid": self.uid, "timeout": timeout, "show_last": show_last,
             "no_new_privs": not plan.namespaces, "limits": self._limits(cpu),
             "kill_strays": plan.namespaces or plan.drop_uid, "own_pid_namespace": plan.namespaces,
+            "parent": os.getpid(), "path": list(plan.site_paths),
         }
         pass_fds: list[int] = []
         if self.mode == "oneshot":
@@ -717,7 +823,7 @@ class _SandboxProcess:
             "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1", "MPLBACKEND": "Agg",
         }
-        python_argv = [plan.python, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(boot)]
+        python_argv = [plan.python, "-I", "-S", "-B", "-c", _BOOTSTRAP, repr(boot)]
         if plan.namespaces:
             inner_env.update(HOME="/tmp", TMPDIR="/tmp")
             inner_env.update(config.env)
@@ -735,7 +841,7 @@ class _SandboxProcess:
             inner_env.update(HOME=self.workdir, TMPDIR=self.workdir)
             inner_env.update(config.env)
             argv, env, cwd = python_argv, inner_env, self.workdir
-        self.popen = subprocess.Popen(
+        self.popen = _spawner.popen(
             argv, stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
             pass_fds=pass_fds, close_fds=True, start_new_session=True,
         )

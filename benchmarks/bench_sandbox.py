@@ -1,0 +1,131 @@
+"""Sandbox latency and throughput: a trivial call, stateless and persistent, alone and 64 at once.
+
+    python benchmarks/bench_sandbox.py            # prints a table, writes benchmarks/results/sandbox.json
+    python benchmarks/bench_sandbox.py --quick    # fewer calls
+
+Targets (issue 3, on a 2-core machine): stateless trivial-call p50 <= 30 ms and >= 60 calls/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from sod_trainer.environments.persistent import PersistentPythonSession  # noqa: E402
+from sod_trainer.environments.sandbox import PythonSandbox, SandboxConfig  # noqa: E402
+
+TRIVIAL = "1 + 1"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(name: str, latencies: list[float], wall_s: float, concurrency: int) -> dict:
+    return {
+        "case": name, "concurrency": concurrency, "calls": len(latencies),
+        "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * percentile(latencies, 95),
+        "mean_ms": 1000 * statistics.fmean(latencies), "calls_per_s": len(latencies) / wall_s,
+    }
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    result = call()
+    elapsed = time.perf_counter() - start
+    if result.stdout != "2\n":
+        raise RuntimeError(f"unexpected result: {result}")
+    return elapsed
+
+
+def bench_stateless(sandbox: PythonSandbox, calls: int, concurrency: int) -> dict:
+    start = time.perf_counter()
+    if concurrency == 1:
+        latencies = [timed(lambda: sandbox.run(TRIVIAL)) for _ in range(calls)]
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            latencies = list(pool.map(lambda _: timed(lambda: sandbox.run(TRIVIAL)), range(calls)))
+    return summarize("stateless", latencies, time.perf_counter() - start, concurrency)
+
+
+def bench_persistent(config: SandboxConfig, calls: int, concurrency: int) -> dict:
+    sessions = [PersistentPythonSession(config) for _ in range(concurrency)]
+    try:
+        start_up = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:  # start the workers (not counted below)
+            list(pool.map(lambda s: s.run("0"), sessions))
+        start_up = time.perf_counter() - start_up
+        per_session = max(1, calls // concurrency)
+        start = time.perf_counter()
+        if concurrency == 1:
+            latencies = [timed(lambda: sessions[0].run(TRIVIAL)) for _ in range(per_session)]
+        else:
+            def work(session):
+                return [timed(lambda: session.run(TRIVIAL)) for _ in range(per_session)]
+            with ThreadPoolExecutor(concurrency) as pool:
+                latencies = [x for chunk in pool.map(work, sessions) for x in chunk]
+        row = summarize("persistent", latencies, time.perf_counter() - start, concurrency)
+        row["worker_start_s"] = start_up
+        return row
+    finally:
+        for session in sessions:
+            session.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200, help="calls per case")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="50 calls per case")
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "sandbox.json"))
+    args = parser.parse_args()
+    calls = 50 if args.quick else args.calls
+
+    config = SandboxConfig(timeout_s=10.0)
+    sandbox = PythonSandbox(config)
+    isolation = sandbox.isolation  # probes once, outside the timings
+    for _ in range(5):
+        sandbox.run(TRIVIAL)
+    load_before = os.getloadavg()
+    rows = [
+        bench_stateless(sandbox, calls, 1),
+        bench_stateless(sandbox, max(calls, 2 * args.concurrency), args.concurrency),
+        bench_persistent(config, calls * 5, 1),
+        bench_persistent(config, max(calls, 2 * args.concurrency) * 5, args.concurrency),
+    ]
+    try:
+        bwrap = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        bwrap = None
+    report = {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "isolation": isolation, "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0], "platform": platform.platform(), "bwrap": bwrap,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "targets": {"stateless_p50_ms": 30, "stateless_calls_per_s": 60}, "results": rows,
+    }
+    header = f"{'case':<11} {'concurrency':>11} {'calls':>6} {'p50 ms':>8} {'p95 ms':>8} {'calls/s':>9}"
+    print(f"sandbox benchmark: isolation={isolation}, {os.cpu_count()} CPUs, load {load_before[0]:.2f}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['case']:<11} {row['concurrency']:>11} {row['calls']:>6} {row['p50_ms']:>8.1f} "
+              f"{row['p95_ms']:>8.1f} {row['calls_per_s']:>9.1f}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {args.output}")
+
+
+if __name__ == "__main__":
+    main()
