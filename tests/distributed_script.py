@@ -1,0 +1,183 @@
+"""A few SOD training steps on tiny offline models; launched by ``tests/test_distributed.py``.
+
+Runs as a single process (``python tests/distributed_script.py ...``) or under ``accelerate launch``
+(DDP over gloo, DeepSpeed ZeRO-2/3 on CPU). The global rollout batch is the same whatever the number
+of processes (4 prompts x 2 generations), and so is the data: with ``--backend scripted`` every
+trajectory is a canned multi-turn script run through the real Python tool, so runs with 1 or 2
+processes see the same tokens and their losses can be compared. ``--backend hf`` samples greedily
+with HF generate (under ZeRO-3 through TRL's ``unwrap_model_for_generation``, which gathers the
+shards). Rank 0 writes the per-step losses, grad norms and a checksum of the final weights as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPTS = {
+    "alpha": ["Let me compute.\n```python\n1234 * 56\n```", "So \\boxed{69104}."],
+    "beta": ["```python\nprint(undefined)\n```", "```python\nprint(7 * 6)\n```", "\\boxed{42}"],
+    "gamma": ["\\boxed{12}"],
+    "delta": ["```python\nprint(100 - 1)\n```", "\\boxed{99}"],
+}
+
+
+class ScriptedBackend:
+    """Replays the canned turn of each trajectory's script (chosen by a key in its prompt), token-in/token-out."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos_token_ids = {tokenizer.eos_token_id}
+
+    def generate(self, contexts, max_new_tokens, stop_strings=()):
+        from sod_trainer.rollout.types import GenerationOutput
+
+        outputs = []
+        for context, budget in zip(contexts, max_new_tokens):
+            text = self.tokenizer.decode(context)
+            key = next(k for k in SCRIPTS if f"{k}:" in text)
+            turn = text.count("<|im_start|>assistant") - 1
+            script = SCRIPTS[key]
+            ids = self.tokenizer.encode(script[min(turn, len(script) - 1)], add_special_tokens=False)
+            ids = ids + [self.tokenizer.eos_token_id]
+            reason = "eos"
+            if len(ids) > budget:
+                ids, reason = ids[:budget], "length"
+            outputs.append(GenerationOutput(ids, reason))
+        return outputs
+
+
+def reward(prompts, completions, answer, **kwargs):
+    return [1.0 if f"\\boxed{{{a}}}" in c else -1.0 for c, a in zip(completions, answer)]
+
+
+def tiny_model(tokenizer, hidden: int, layers: int, seed: int):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", required=True, help="JSON file written by rank 0")
+    parser.add_argument("--backend", choices=["scripted", "hf"], default="scripted")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--accumulation", type=int, default=1, help="gradient_accumulation_steps")
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of the full student")
+    parser.add_argument("--learning-rate", type=float, default=1e-2)
+    args = parser.parse_args(argv)
+
+    from datasets import Dataset
+
+    from sod_trainer import SODConfig, SODTrainer
+    from sod_trainer.toy.tokenizer import build_tokenizer
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rollout_batch = 8  # 4 prompts x 2 generations, the same global batch for every world size
+    per_device = rollout_batch // world_size // args.accumulation
+    tokenizer = build_tokenizer()
+    rows = [
+        {"prompt": [{"role": "user", "content": "alpha: 1234*56?"}], "answer": "69104"},
+        {"prompt": [{"role": "user", "content": "beta: 7*6?"}], "answer": "41"},
+        {"prompt": [{"role": "user", "content": "gamma: 3*4?"}], "answer": "12"},
+        {"prompt": [{"role": "user", "content": "delta: 100-1?"}], "answer": "99"},
+    ]
+    config = SODConfig(
+        output_dir=os.path.join(os.path.dirname(os.path.abspath(args.output)), "trainer_output"),
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=args.accumulation,
+        num_generations=2, max_completion_length=192, max_tool_calling_iterations=4, max_steps=args.steps,
+        learning_rate=args.learning_rate, report_to=[], save_strategy="no", seed=0, logging_steps=1,
+        shuffle_dataset=False, max_grad_norm=1.0, dataloader_num_workers=0, tool_workers=2,
+        generation_kwargs={"do_sample": False} if args.backend == "hf" else None,
+        gradient_checkpointing=args.backend == "hf",
+        # without CUDA, transformers only sets up gloo DDP (MULTI_CPU) when told to use the CPU; DeepSpeed
+        # picks its CPU accelerator by itself
+        use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
+    )
+    student = tiny_model(tokenizer, hidden=64, layers=2, seed=0)
+    teacher = tiny_model(tokenizer, hidden=96, layers=2, seed=1)
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                                 init_lora_weights=True)
+    trainer = SODTrainer(model=student, teacher_model=teacher, args=config, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, reward_funcs=[reward], peft_config=peft_config)
+    if args.backend == "scripted":
+        trainer.rollout_engine.backend = ScriptedBackend(tokenizer)
+    rollouts = []  # (step, prompt key, turns, stop reason, reward-relevant text) of this process's trajectories
+    generate_and_score = trainer._generate_and_score
+
+    def recording(rows, mode):
+        batch = generate_and_score(rows, mode)
+        for trajectory in batch.trajectories:
+            text = tokenizer.decode(trajectory.prompt_ids)
+            key = next((k for k in SCRIPTS if f"{k}:" in text), "?")
+            rollouts.append([trainer.state.global_step, key, trajectory.num_turns, trajectory.stop_reason,
+                             sum(trajectory.assistant_mask), len(trajectory.completion_ids)])
+        return batch
+
+    trainer._generate_and_score = recording
+    started = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - started
+
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    checksum = 0.0
+    if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(trainable):
+            checksum = float(sum(p.detach().double().abs().sum() for p in trainable))
+    else:
+        checksum = float(sum(p.detach().double().abs().sum() for p in trainable))
+    from accelerate.utils import gather_object
+
+    all_rollouts = sorted(r for part in gather_object([rollouts]) for r in part)
+    result = {
+        "rollouts": all_rollouts,
+        "world_size": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "zero_stage": (trainer.accelerator.state.deepspeed_plugin.zero_stage
+                       if trainer.is_deepspeed_enabled else None),
+        "losses": [entry["loss"] for entry in logs],
+        "grad_norms": [entry.get("grad_norm") for entry in logs],
+        "rewards": [entry.get("reward") for entry in logs],
+        "steps_per_trajectory": [entry.get("steps_per_trajectory") for entry in logs],
+        "global_step": trainer.state.global_step,
+        "trainable_checksum": checksum,
+        "train_seconds": elapsed,
+    }
+    if trainer.accelerator.is_main_process:
+        with open(args.output, "w") as handle:
+            json.dump(result, handle, indent=1)
+        print("RESULT", json.dumps(result), flush=True)
+    trainer.close()
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
