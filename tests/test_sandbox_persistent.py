@@ -139,3 +139,69 @@ def test_a_forgotten_session_is_cleaned_up_by_the_garbage_collector(temp_root):
     del session
     gc.collect()
     assert sandbox_processes(config) == [] and list(temp_root.iterdir()) == []
+
+
+def test_worker_started_from_a_short_lived_thread_outlives_it(temp_root):
+    # PR_SET_PDEATHSIG (bwrap --die-with-parent) fires when the *thread* that forked bwrap exits:
+    # a worker started from a pool thread must not die when that thread retires.
+    import threading
+
+    with PersistentPythonSession(SandboxConfig(timeout_s=1.0, temp_root=str(temp_root))) as session:
+        thread = threading.Thread(target=session.run, args=("x = 'kept'",))
+        thread.start()
+        thread.join()
+        time.sleep(0.3)
+        result = session.run("x")
+        assert result.stdout == "'kept'\n" and not result.state_reset and session.workers_started == 1
+
+
+def test_sandboxes_die_with_the_trainer(temp_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    marker = f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**9:09d}"
+    trainer = textwrap.dedent(f"""
+        import sys, threading, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "src")!r})
+        from sod_trainer.environments.persistent import PersistentPythonSession
+        from sod_trainer.environments.sandbox import PythonSandbox, SandboxConfig
+        config = SandboxConfig(timeout_s=60, temp_root={str(temp_root)!r})
+        session = PersistentPythonSession(config)
+        session.run("x = 1")
+        code = "import subprocess\\nsubprocess.run(['sleep', '{marker}'])"
+        threading.Thread(target=session.run, args=(code,), daemon=True).start()
+        threading.Thread(target=PythonSandbox(config).run, args=(code,), daemon=True).start()
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", trainer], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "ready\n"
+        def sleepers() -> list[str]:
+            return [p for p in os.listdir("/proc") if p.isdigit() and int(p) != process.pid and _cmdline_has(p, marker)]
+
+        deadline = time.monotonic() + 15.0
+        while len(sleepers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(sleepers()) == 2  # one sleeper per sandbox, before the trainer dies
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and sleepers():
+            time.sleep(0.05)
+        assert sleepers() == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _cmdline_has(pid: str, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return marker.encode() in handle.read()
+    except OSError:
+        return False
