@@ -311,3 +311,36 @@ def test_toy_recipe_trains_through_sod_train_end_to_end(tmp_path):
     assert "'loss'" in log and "'divergence/step_1'" in log  # SOD metrics were logged for the steps
     assert "Training completed." in log
     assert (output / "config.json").is_file() and any(output.glob("*.safetensors"))
+
+
+def test_local_models_and_data_with_lora_in_process(tmp_path, tokenizer):
+    """The non-toy path: student and teacher from local folders, a JSONL of problems, LoRA from ModelConfig."""
+    import json
+
+    from conftest import make_tiny_model
+
+    from sod_trainer.scripts.train import run
+
+    make_tiny_model(tokenizer).save_pretrained(tmp_path / "student")
+    tokenizer.save_pretrained(tmp_path / "student")
+    make_tiny_model(tokenizer, hidden=96, seed=1).save_pretrained(tmp_path / "teacher")
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"What is {i} * 7?", "answer": str(7 * i), "source": "x"}) + "\n"
+                            for i in range(8)))
+    recipe = tmp_path / "local.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "launcher": "none", "model_name_or_path": str(tmp_path / "student"),
+        "teacher_model_name_or_path": str(tmp_path / "teacher"), "dataset_name": str(data),
+        "reward_funcs": ["math_strict"], "use_peft": True, "lora_r": 4, "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"], "output_dir": str(tmp_path / "out"), "max_steps": 1,
+        "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 24,
+        "max_tool_calling_iterations": 2, "use_cpu": True, "report_to": "none", "save_strategy": "no",
+        "learning_rate": 1e-3,
+    }))
+    trainer = run(["--config", str(recipe)])
+    assert trainer.state.global_step == 1
+    row = trainer.train_dataset[0]
+    assert row["source"] == "x" and row["prompt"][-1]["content"].startswith("What is 0 * 7?\n\nPlease reason")
+    assert type(trainer.model).__name__.startswith("Peft")
+    assert trainer.args.model_init_kwargs["dtype"] == "float32"  # filled from ModelConfig
+    assert (tmp_path / "out" / "adapter_config.json").is_file()  # LoRA saves adapters

@@ -285,7 +285,7 @@ def load_models(model_args: ModelConfig, training_args: SODConfig):
         raise ValueError("No teacher: set teacher_model_name_or_path (or teacher_server_url).")
 
     from transformers import AutoTokenizer
-    from trl import get_kbit_device_map, get_quantization_config
+    from trl import get_quantization_config
 
     model_kwargs: dict[str, Any] = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     if model_args.attn_implementation is not None:
@@ -293,7 +293,9 @@ def load_models(model_args: ModelConfig, training_args: SODConfig):
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
         model_kwargs["quantization_config"] = quantization_config
-        model_kwargs["device_map"] = get_kbit_device_map()
+        from accelerate import PartialState
+
+        model_kwargs["device_map"] = {"": PartialState().local_process_index}  # k-bit weights stay on this GPU
     training_args.model_init_kwargs = {**model_kwargs, **(training_args.model_init_kwargs or {})}
     if training_args.teacher_model_init_kwargs is None:
         training_args.teacher_model_init_kwargs = {
