@@ -166,7 +166,7 @@ def test_launcher_keys_go_to_accelerate_launch_and_flags_override_the_yaml(tmp_p
     monkeypatch.delenv("SOD_TEST_EXPORTED", raising=False)
     recorder = _Recorder()
     monkeypatch.setattr(cli.subprocess, "run", recorder)
-    argv = ["train", "--config", str(recipe), "--num_processes", "4", "--max_steps", "7",
+    argv = ["train", "--config", str(recipe), "--num-processes", "4", "--max_steps", "7",
             "--accelerate_config", "zero2", "--mixed_precision=bf16", "--learning_rate", "3e-5"]
     assert cli.main(argv) == 0
     (command, env), = recorder.calls

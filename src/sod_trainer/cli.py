@@ -49,12 +49,13 @@ def _sod_version() -> str:
 
 
 def split_launcher_flags(argv: list[str], launcher_fields: set[str]) -> tuple[list[str], list[str]]:
-    """Split command-line ``argv`` into (launcher flags, the rest). Accepts ``--name value`` and ``--name=value``."""
+    """Split command-line ``argv`` into (launcher flags, the rest). Accepts ``--name value``, ``--name=value`` and
+    the dashed spelling ``--num-processes``, as the parser does."""
     launcher, rest = [], []
     index = 0
     while index < len(argv):
         token = argv[index]
-        name = token[2:].split("=", 1)[0] if token.startswith("--") else None
+        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
         if name in launcher_fields:
             if "=" in token:
                 launcher.append(token)
