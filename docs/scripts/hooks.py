@@ -14,8 +14,14 @@ import typing
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))  # the docs describe this checkout, installed or not
+
+
+def _import(module_name: str):
+    # The docs describe this checkout, installed or not. (MkDocs restores sys.path after loading a hook,
+    # so the path is added when a table is made, not at import.)
+    if SRC.is_dir() and str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    return importlib.import_module(module_name)
 
 MARKER = re.compile(r"<!-- fields: ([\w.]+)(?: inherited)? -->")
 
@@ -35,7 +41,7 @@ def _default(f: dataclasses.Field) -> str:
 
 def fields_table(dotted: str) -> str:
     module_name, _, name = dotted.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
+    cls = getattr(_import(module_name), name)
     own = cls.__dict__.get("__annotations__", {})
     rows = ["| field | type | default | description |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
