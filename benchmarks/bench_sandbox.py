@@ -27,18 +27,63 @@ from sod_trainer.environments.sandbox import PythonSandbox, SandboxConfig  # noq
 TRIVIAL = "1 + 1"
 
 
+class CpuAccounting:
+    """CPU time of this process and everything it starts (bwrap, the sandboxes), from a cgroup-v1
+    cpuacct group when one can be created (root): a load-independent cost per call, so the numbers
+    mean something on a machine shared with other jobs."""
+
+    root = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self) -> None:
+        self.group: Path | None = None
+        try:
+            group = self.root / f"sod_bench_{os.getpid()}"
+            group.mkdir()
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+            self.group = group
+        except OSError:
+            pass
+
+    def seconds(self) -> float | None:
+        if self.group is None:
+            return None
+        return int((self.group / "cpuacct.usage").read_text()) / 1e9
+
+    def close(self) -> None:
+        if self.group is not None:
+            try:
+                (self.root / "cgroup.procs").write_text(str(os.getpid()))
+                time.sleep(0.2)  # the last sandboxes leave the group as they exit
+                self.group.rmdir()
+            except OSError:
+                pass
+            self.group = None
+
+
+CPU = CpuAccounting()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
 
 
-def summarize(name: str, latencies: list[float], wall_s: float, concurrency: int) -> dict:
+def summarize(name: str, latencies: list[float], wall_s: float, concurrency: int, cpu_s: float | None) -> dict:
+    cpu_ms = None if cpu_s is None else 1000 * cpu_s / len(latencies)
     return {
         "case": name, "concurrency": concurrency, "calls": len(latencies),
         "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * percentile(latencies, 95),
-        "mean_ms": 1000 * statistics.fmean(latencies), "calls_per_s": len(latencies) / wall_s,
+        "min_ms": 1000 * min(latencies), "mean_ms": 1000 * statistics.fmean(latencies),
+        "calls_per_s": len(latencies) / wall_s,
+        "cpu_ms_per_call": cpu_ms,  # trainer side + bwrap + sandboxed interpreter
+        "idle_machine_calls_per_s": None if not cpu_ms else (os.cpu_count() or 1) * 1000 / cpu_ms,
     }
+
+
+def cpu_delta(start: float | None) -> float | None:
+    now = CPU.seconds()
+    return None if start is None or now is None else now - start
 
 
 def timed(call) -> float:
@@ -51,13 +96,14 @@ def timed(call) -> float:
 
 
 def bench_stateless(sandbox: PythonSandbox, calls: int, concurrency: int) -> dict:
+    cpu_start = CPU.seconds()
     start = time.perf_counter()
     if concurrency == 1:
         latencies = [timed(lambda: sandbox.run(TRIVIAL)) for _ in range(calls)]
     else:
         with ThreadPoolExecutor(concurrency) as pool:
             latencies = list(pool.map(lambda _: timed(lambda: sandbox.run(TRIVIAL)), range(calls)))
-    return summarize("stateless", latencies, time.perf_counter() - start, concurrency)
+    return summarize("stateless", latencies, time.perf_counter() - start, concurrency, cpu_delta(cpu_start))
 
 
 def bench_persistent(config: SandboxConfig, calls: int, concurrency: int) -> dict:
@@ -68,6 +114,7 @@ def bench_persistent(config: SandboxConfig, calls: int, concurrency: int) -> dic
             list(pool.map(lambda s: s.run("0"), sessions))
         start_up = time.perf_counter() - start_up
         per_session = max(1, calls // concurrency)
+        cpu_start = CPU.seconds()
         start = time.perf_counter()
         if concurrency == 1:
             latencies = [timed(lambda: sessions[0].run(TRIVIAL)) for _ in range(per_session)]
@@ -76,7 +123,7 @@ def bench_persistent(config: SandboxConfig, calls: int, concurrency: int) -> dic
                 return [timed(lambda: session.run(TRIVIAL)) for _ in range(per_session)]
             with ThreadPoolExecutor(concurrency) as pool:
                 latencies = [x for chunk in pool.map(work, sessions) for x in chunk]
-        row = summarize("persistent", latencies, time.perf_counter() - start, concurrency)
+        row = summarize("persistent", latencies, time.perf_counter() - start, concurrency, cpu_delta(cpu_start))
         row["worker_start_s"] = start_up
         return row
     finally:
@@ -99,12 +146,15 @@ def main() -> None:
     for _ in range(5):
         sandbox.run(TRIVIAL)
     load_before = os.getloadavg()
-    rows = [
-        bench_stateless(sandbox, calls, 1),
-        bench_stateless(sandbox, max(calls, 2 * args.concurrency), args.concurrency),
-        bench_persistent(config, calls * 5, 1),
-        bench_persistent(config, max(calls, 2 * args.concurrency) * 5, args.concurrency),
-    ]
+    try:
+        rows = [
+            bench_stateless(sandbox, calls, 1),
+            bench_stateless(sandbox, max(calls, 2 * args.concurrency), args.concurrency),
+            bench_persistent(config, calls * 5, 1),
+            bench_persistent(config, max(calls, 2 * args.concurrency) * 5, args.concurrency),
+        ]
+    finally:
+        CPU.close()
     try:
         bwrap = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -115,13 +165,19 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "targets": {"stateless_p50_ms": 30, "stateless_calls_per_s": 60}, "results": rows,
     }
-    header = f"{'case':<11} {'concurrency':>11} {'calls':>6} {'p50 ms':>8} {'p95 ms':>8} {'calls/s':>9}"
-    print(f"sandbox benchmark: isolation={isolation}, {os.cpu_count()} CPUs, load {load_before[0]:.2f}")
+    header = (f"{'case':<11} {'concurrency':>11} {'calls':>6} {'p50 ms':>8} {'p95 ms':>8} {'min ms':>7} "
+              f"{'calls/s':>9} {'CPU ms/call':>12} {'idle calls/s':>13}")
+    print(f"sandbox benchmark: isolation={isolation}, {os.cpu_count()} CPUs, load average {load_before[0]:.2f} "
+          f"before, {report['load_average_after'][0]:.2f} after")
     print(header)
     print("-" * len(header))
     for row in rows:
+        cpu = "n/a" if row["cpu_ms_per_call"] is None else f"{row['cpu_ms_per_call']:.2f}"
+        idle = "n/a" if row["idle_machine_calls_per_s"] is None else f"{row['idle_machine_calls_per_s']:.0f}"
         print(f"{row['case']:<11} {row['concurrency']:>11} {row['calls']:>6} {row['p50_ms']:>8.1f} "
-              f"{row['p95_ms']:>8.1f} {row['calls_per_s']:>9.1f}")
+              f"{row['p95_ms']:>8.1f} {row['min_ms']:>7.1f} {row['calls_per_s']:>9.1f} {cpu:>12} {idle:>13}")
+    print("CPU ms/call: CPU time of the trainer, bwrap and the sandbox per call (cgroup cpuacct); idle calls/s: "
+          "what that cost allows on this many idle cores.")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {args.output}")

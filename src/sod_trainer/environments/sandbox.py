@@ -84,38 +84,36 @@ _TIMEOUT_EXIT_CODE = 124  # the bootstrap's exit status after its own TimeoutErr
 
 @dataclass
 class SandboxConfig:
-    """Limits for one tool call. Every field has a safe default; ``None`` means "derived"."""
+    """Limits and isolation of the sandbox. Every field has a safe default; ``None`` means "derived"."""
 
-    timeout_s: float = 10.0
-    """Wall-clock limit of one call. The code gets a ``TimeoutError`` at this point, and SIGKILL
-    ``kill_grace_s`` later if it is still running."""
-    max_output_bytes: int = 1 << 20
-    """Cap on each of stdout and stderr kept in memory (head and tail halves; the rest is dropped)."""
-    memory_mb: int = 1024
-    """Address-space limit (RLIMIT_AS) of each process of the sandbox, in MiB."""
-    cpu_time_s: float | None = None
-    """CPU-time limit (RLIMIT_CPU); default ``ceil(timeout_s) + 1``."""
-    max_processes: int = 64
-    """Processes and threads the sandbox may run at once (RLIMIT_NPROC, made per-sandbox)."""
-    max_file_size_mb: int = 64
-    """Largest file the code may write (RLIMIT_FSIZE), in MiB."""
-    max_open_files: int = 256
-    """Open file descriptors per process (RLIMIT_NOFILE)."""
-    isolation: str = "auto"
-    """``"auto"``: bubblewrap namespaces when they work, else rlimits with a loud warning;
-    ``"bwrap"``: namespaces or an error; ``"rlimits"``: no namespaces (not safe for untrusted code)."""
-    python_executable: str | None = None
-    """Interpreter run inside the sandbox (default: the trainer's own, so numpy/sympy are there)."""
-    hidden_paths: tuple[str, ...] = ()
-    """Directories hidden (an empty tmpfs) inside the sandbox, besides the trainer's home directory."""
-    env: dict[str, str] = field(default_factory=dict)
-    """Extra environment variables set inside the sandbox (nothing of the trainer leaks by default)."""
-    kill_grace_s: float = 0.5
-    """Time between the in-process TimeoutError and SIGKILL of the whole process tree."""
-    temp_root: str | None = None
-    """Where the per-call temporary directories are created (default: the system temp dir)."""
-    sandbox_uid_base: int = 2_000_000_000
-    """As root, calls run as uid ``base + (pid % 65536) * 1024 + slot``: unprivileged and unique."""
+    timeout_s: float = field(default=10.0, metadata={"help": (
+        "Wall-clock limit of one call, seconds. The code gets a TimeoutError at this point (so the model sees "
+        "where it was stuck), and the whole process tree gets SIGKILL kill_grace_s later.")})
+    max_output_bytes: int = field(default=1 << 20, metadata={"help": (
+        "Bytes of stdout and of stderr kept per call (head and tail halves); the rest is read and dropped.")})
+    memory_mb: int = field(default=1024, metadata={"help": "Address-space limit (RLIMIT_AS) of each process, MiB."})
+    cpu_time_s: float | None = field(default=None, metadata={"help": (
+        "CPU-time limit (RLIMIT_CPU), seconds; default ceil(timeout_s) + 1. Persistent workers re-arm it per call.")})
+    max_processes: int = field(default=64, metadata={"help": (
+        "Processes and threads one sandbox may run at once (RLIMIT_NPROC, counted per sandbox).")})
+    max_file_size_mb: int = field(default=64, metadata={"help": "Largest file the code may write (RLIMIT_FSIZE), MiB."})
+    max_open_files: int = field(default=256, metadata={"help": "Open file descriptors per process (RLIMIT_NOFILE)."})
+    isolation: str = field(default="auto", metadata={"help": (
+        "'auto': bubblewrap namespaces when they work, else rlimits only with a loud warning; 'bwrap': namespaces "
+        "or an error; 'rlimits': no namespaces (not safe for untrusted code)."),
+        "choices": ["auto", "bwrap", "rlimits"]})
+    python_executable: str | None = field(default=None, metadata={"help": (
+        "Interpreter run inside the sandbox; default: the trainer's own, so its numpy and sympy are importable.")})
+    hidden_paths: tuple[str, ...] = field(default=(), metadata={"help": (
+        "Directories hidden behind an empty tmpfs inside the sandbox, besides the trainer's home directory.")})
+    env: dict[str, str] = field(default_factory=dict, metadata={"help": (
+        "Extra environment variables set inside the sandbox (nothing of the trainer's environment leaks).")})
+    kill_grace_s: float = field(default=0.5, metadata={"help": (
+        "Seconds between the in-process TimeoutError and SIGKILL of the whole process tree.")})
+    temp_root: str | None = field(default=None, metadata={"help": (
+        "Where the per-call temporary directories are created; default: the system temp dir.")})
+    sandbox_uid_base: int = field(default=2_000_000_000, metadata={"help": (
+        "As root, each live sandbox runs as uid base + (pid % 65536) * 1024 + slot: unprivileged and unique.")})
 
     def resolved_cpu_time_s(self) -> int:
         if self.cpu_time_s is not None:
