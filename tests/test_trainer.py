@@ -176,3 +176,12 @@ def test_pure_sod_without_rewards_runs(tokenizer, tmp_path):
     trainer.rollout_engine.backend = ScriptedBackend(tokenizer, SCRIPTS)
     trainer.train()
     assert math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_evaluate_runs_rollouts_and_logs_eval_metrics(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, per_device_eval_batch_size=4)
+    trainer.eval_dataset = dataset()
+    metrics = trainer.evaluate()
+    assert metrics["eval_accuracy"] == pytest.approx(0.5)  # alpha right, beta wrong, 2 samples each
+    assert metrics["eval_tools/calls_per_trajectory"] == pytest.approx(1.5)
+    assert math.isfinite(metrics["eval_loss"])

@@ -330,6 +330,8 @@ class SODTrainer(Trainer):
         return optimizer
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: roll out the eval prompts with the tool, score them (metrics logged as ``eval_*``)."""
+        inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
@@ -385,6 +387,13 @@ class SODTrainer(Trainer):
         device = self.accelerator.device
         self._buffered_inputs = None if buffered is None else [
             {key: value.to(device) for key, value in part.items()} for part in buffered]
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """As ``Trainer.evaluate``; the returned dict also holds the rollout metrics (``eval_accuracy``, ...)."""
+        metrics = super().evaluate(*args, **kwargs)
+        last = self.state.log_history[-1] if self.state.log_history else {}
+        metrics.update({key: value for key, value in last.items() if key.startswith("eval_") and key not in metrics})
+        return metrics
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
