@@ -300,6 +300,17 @@ def test_auto_without_bwrap_falls_back_loudly(fresh_plans, monkeypatch, temp_roo
     assert result.isolation == "rlimits" and result.stdout == "2\n"
 
 
+def test_bwrap_that_cannot_start_falls_back_loudly(fresh_plans, monkeypatch, temp_root):
+    # e.g. a container that forbids namespaces: bwrap exists but exits with an error.
+    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: "/bin/false" if name == "bwrap" else None)
+    with pytest.warns(RuntimeWarning, match="bubblewrap could not start a sandbox"):
+        result = PythonSandbox(SandboxConfig(temp_root=str(temp_root))).run("1 + 1")
+    assert result.isolation == "rlimits" and result.stdout == "2\n"
+    with pytest.raises(RuntimeError, match="could not start a sandbox"):
+        monkeypatch.setattr(sandbox_module, "_plans", {})
+        PythonSandbox(SandboxConfig(isolation="bwrap")).run("1")
+
+
 def test_invalid_isolation_value():
     with pytest.raises(ValueError, match="isolation='container'"):
         PythonSandbox(SandboxConfig(isolation="container")).run("1")
