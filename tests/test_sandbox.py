@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import threading
@@ -121,6 +122,28 @@ def test_environment_is_scrubbed(sandbox, monkeypatch):
     assert "HF_TOKEN" not in names
     assert set(names) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PYTHONIOENCODING", "OMP_NUM_THREADS",
                           "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "MPLBACKEND", "PWD"}
+
+
+@needs_bwrap
+def test_home_and_hidden_paths_are_hidden(temp_root):
+    import tempfile
+    from pathlib import Path
+
+    private = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not under /tmp, which the sandbox replaces anyway
+    try:
+        (private / "credentials.json").write_text("{}")
+        os.chmod(private, 0o755)
+        listing = f"import os\nprint(os.listdir({str(private)!r}))\nprint(sorted(os.listdir({os.path.expanduser('~')!r})))"
+        shown = PythonSandbox(SandboxConfig(temp_root=str(temp_root))).run(listing)
+        assert shown.stdout.splitlines()[0] == "['credentials.json']"  # the control: visible unless hidden
+        sandbox = PythonSandbox(SandboxConfig(temp_root=str(temp_root), hidden_paths=(str(private),)))
+        hidden, home = sandbox.run(listing).stdout.splitlines()
+    finally:
+        shutil.rmtree(private)
+    assert hidden == "[]"
+    visible_home = set(os.listdir(os.path.expanduser("~")))
+    # Only what the interpreter itself needs may show through (e.g. a Python installed under home).
+    assert len(eval(home)) <= 1 and len(visible_home) > 1
 
 
 def test_extra_environment_variables_are_passed(temp_root):

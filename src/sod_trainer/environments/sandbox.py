@@ -491,10 +491,12 @@ def _bwrap_prefix(config: SandboxConfig, python: str, as_root: bool) -> tuple[st
         args += ["--tmpfs", path]
     needed = _interpreter_layout(python)[0]
     made_dirs: set[str] = set()
-    for path in needed:
+    bound: list[str] = []
+    for path in sorted(needed):
         mask = next((h for h in hidden if _is_within(path, h) and path != h), None)
-        if mask is None and path not in hidden:
+        if (mask is None and path not in hidden) or any(_is_within(path, b) for b in bound):
             continue
+        bound.append(path)
         if mask is not None:
             # Directories that bwrap would create on its own get mode 0700, unreadable once we drop
             # privileges: create the ones between the mask and the interpreter path as 0755.
