@@ -185,3 +185,17 @@ def test_evaluate_runs_rollouts_and_logs_eval_metrics(tokenizer, tmp_path):
     assert metrics["eval_accuracy"] == pytest.approx(0.5)  # alpha right, beta wrong, 2 samples each
     assert metrics["eval_tools/calls_per_trajectory"] == pytest.approx(1.5)
     assert math.isfinite(metrics["eval_loss"])
+
+
+def test_plain_grpo_needs_no_teacher(tokenizer, tmp_path):
+    args = SODConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_steps=1,
+                     max_completion_length=120, report_to=[], use_cpu=True, save_strategy="no", opd_coef=0.0)
+    trainer = SODTrainer(model=make_tiny_model(tokenizer), args=args, train_dataset=dataset(),
+                         processing_class=tokenizer, reward_funcs=[reward])
+    trainer.rollout_engine.backend = ScriptedBackend(tokenizer, SCRIPTS)
+    trainer.train()
+    assert trainer.teacher_model is None and math.isfinite(trainer.state.log_history[0]["loss"])
+    with pytest.raises(ValueError, match="No teacher"):
+        SODTrainer(model=make_tiny_model(tokenizer), args=SODConfig(output_dir=str(tmp_path), report_to=[],
+                   per_device_train_batch_size=8, use_cpu=True), train_dataset=dataset(), processing_class=tokenizer,
+                   reward_funcs=[reward])

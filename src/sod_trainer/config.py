@@ -139,6 +139,18 @@ class SODConfig(TrainingArguments):
     )
     tool_timeout: float = field(default=10.0, metadata={"help": "Wall-clock limit of one tool call, seconds."})
     tool_workers: int = field(default=8, metadata={"help": "Tool calls of a batch run concurrently on this many threads."})
+    tool_persistent: bool = field(
+        default=False,
+        metadata={"help": "Keep one Python worker per trajectory so variables survive across turns (the paper's "
+                  "interpreter is stateless: False)."},
+    )
+    tool_memory_mb: int = field(default=1024, metadata={"help": "Address-space limit of each tool process, MiB."})
+    tool_max_processes: int = field(default=64, metadata={"help": "Process limit of each tool call's sandbox."})
+    tool_isolation: str = field(
+        default="auto",
+        metadata={"help": "Sandbox isolation: 'auto' (bubblewrap namespaces when available, else rlimits with a "
+                  "warning), 'bwrap', or 'rlimits'.", "choices": ["auto", "bwrap", "rlimits"]},
+    )
     tool_response_template: str | None = field(
         default=None,
         metadata={"help": "Text inserted after an assistant turn with a tool call, with '{observation}' "

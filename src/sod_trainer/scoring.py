@@ -123,14 +123,15 @@ class RolloutScorer:
         self.accelerator = accelerator
 
     # ------------------------------------------------------------------ prompts and rewards
-    def encode_prompts(self, rows, extras, first_row_index: int) -> tuple[list[list[dict]], list[list[int]]]:
+    def encode_prompts(self, rows, extras) -> tuple[list[list[dict]], list[list[int]]]:
+        """Prompt messages and ids; rows reach here without their dataset index (the upfront check has it)."""
         messages, ids = [], []
-        for offset, (row, extra) in enumerate(zip(rows, extras)):
-            row_messages = row_to_messages(row, first_row_index + offset, extra)
+        for row, extra in zip(rows, extras):
+            row_messages = row_to_messages(row, None, extra)
             messages.append(row_messages)
             ids.append(encode_prompt(
                 self.tokenizer, row_messages, max_prompt_length=self.args.max_prompt_length,
-                truncation=self.args.prompt_truncation, index=first_row_index + offset,
+                truncation=self.args.prompt_truncation, index=None,
                 chat_template_kwargs=self.args.chat_template_kwargs,
             ))
         return messages, ids
@@ -172,12 +173,12 @@ class RolloutScorer:
                                     tensors["completion_start"][sl], tensors["assistant_mask"][sl], **kwargs))
         return outputs
 
-    def build(self, rows, engine, student_logprobs, first_row_index: int = 0) -> ScoredBatch:
+    def build(self, rows, engine, student_logprobs) -> ScoredBatch:
         args = self.args
         device = self.accelerator.device
         environments, extras = engine.make_environments(rows)
         try:
-            prompts, prompt_ids = self.encode_prompts(rows, extras, first_row_index)
+            prompts, prompt_ids = self.encode_prompts(rows, extras)
         except Exception:
             for environment in environments:
                 environment.close()
@@ -191,7 +192,10 @@ class RolloutScorer:
         student = self._in_row_chunks(student_logprobs, tensors, with_entropy=True)
         old_logps = torch.cat([logps for logps, _ in student])
         entropy = torch.cat([ent for _, ent in student])
-        teacher_logps = torch.cat(self._in_row_chunks(self.teacher.score, tensors)).to(device)
+        if self.teacher is None:  # plain GRPO: no distillation term, divergences are 0
+            teacher_logps = old_logps.clone()
+        else:
+            teacher_logps = torch.cat(self._in_row_chunks(self.teacher.score, tensors)).to(device)
 
         assistant_mask = tensors["assistant_mask"]
         step_ids = self.segmenter(tensors["completion_ids"], assistant_mask).to(device)

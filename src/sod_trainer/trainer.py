@@ -21,7 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_l
 from transformers.utils import is_peft_available
 
 from .config import SODConfig
-from .environments import PythonToolEnvironment, SandboxConfig, ToolEnvironment
+from .environments import PythonSandbox, PythonToolEnvironment, SandboxConfig, ToolEnvironment
 from .interrupt import InterruptCallback, InterruptHandler, TrainingInterrupted
 from .logprobs import sampled_token_logprobs
 from .rollout import HFGenerationBackend, RolloutEngine, ToolResponseFormatter
@@ -61,8 +61,9 @@ class SODTrainer(Trainer):
         model: the student, a ``PreTrainedModel`` or a name/path (loaded with ``args.model_init_kwargs``).
         teacher_model: the teacher, an instance or a name/path; default ``args.teacher_model_name_or_path``.
         args: :class:`SODConfig`.
-        train_dataset / eval_dataset: rows with a prompt column (``prompt``, ``messages`` or ``problem``) and
-            any extra columns, which reach the reward functions (as kwargs) and ``ToolEnvironment.reset``.
+        train_dataset: rows with a prompt column (``prompt``, ``messages`` or ``problem``) and any extra
+            columns, which reach the reward functions (as kwargs) and ``ToolEnvironment.reset``.
+        eval_dataset: rows like ``train_dataset``; ``evaluate()`` rolls them out and logs ``eval_*`` metrics.
         processing_class: the tokenizer (default: the student's); must have a chat template.
         reward_funcs: callables ``fn(prompts, completions, **kwargs) -> list[float]`` (TRL's signature);
             summed with ``args.reward_weights``. Needed unless ``grpo_coef == 0``.
@@ -99,9 +100,9 @@ class SODTrainer(Trainer):
             model = _load_model(model, args.model_init_kwargs, args.trust_remote_code, "student")
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
-        if teacher_model is None and args.teacher_server_url is None:
+        if teacher_model is None and args.teacher_server_url is None and args.opd_coef != 0:
             raise ValueError("No teacher: pass teacher_model=..., or set teacher_model_name_or_path or "
-                             "teacher_server_url in SODConfig.")
+                             "teacher_server_url in SODConfig (only opd_coef=0, plain GRPO, needs none).")
         if isinstance(teacher_model, str):
             teacher_model = _load_model(teacher_model, args.teacher_model_init_kwargs, args.trust_remote_code,
                                         "teacher")
@@ -164,18 +165,24 @@ class SODTrainer(Trainer):
                 teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
             self.teacher_model = teacher_model
             teacher = LocalTeacher(teacher_model, temperature=args.temperature, chunk_size=args.logprob_chunk_size)
-        else:
+        elif args.teacher_server_url is not None:
             from .teacher_server import ServerTeacher  # vLLM prompt log-probs over HTTP
 
             self.teacher_model = None
             teacher = ServerTeacher(args.teacher_server_url, processing_class, temperature=args.temperature)
+        else:  # plain GRPO (opd_coef=0): no teacher to load or score with
+            self.teacher_model = None
+            teacher = None
 
         segmenter = step_segmenter or get_segmenter(args.step_segmenter, processing_class, args.segment_step_tokens)
         if environment_factory is None:
+            sandbox = PythonSandbox(SandboxConfig(
+                timeout_s=args.tool_timeout, memory_mb=args.tool_memory_mb, max_processes=args.tool_max_processes,
+                isolation=args.tool_isolation,
+            ))
             environment_factory = partial(
-                PythonToolEnvironment, parser=args.tool_call_format,
-                sandbox_config=SandboxConfig(timeout_s=args.tool_timeout),
-                max_tool_response_chars=args.max_tool_response_chars,
+                PythonToolEnvironment, parser=args.tool_call_format, sandbox=sandbox,
+                max_tool_response_chars=args.max_tool_response_chars, persistent=args.tool_persistent,
             )
         self.rollout_engine = RolloutEngine(
             self._make_backend(), processing_class, environment_factory,
@@ -258,7 +265,6 @@ class SODTrainer(Trainer):
             batch = self.scorer.build(
                 rows, self.rollout_engine,
                 student_logprobs=self._student_logprobs,
-                first_row_index=self._step,
             )
         self.model.train(was_training)
         for key, value in batch.metrics.items():

@@ -10,10 +10,11 @@ from .base import (
     get_parser,
 )
 from .python_tool import PythonToolEnvironment
-from .sandbox import ExecutionResult, PythonSandbox, SandboxConfig
+from .persistent import PersistentPythonSession
+from .sandbox import ExecutionResult, PythonSandbox, SandboxConfig, isolation_level, run_code
 
 __all__ = [
     "ToolEnvironment", "ToolResult", "ToolCallParser", "FencedCodeParser", "CodeTagParser",
     "JSONToolCallParser", "get_parser", "PythonToolEnvironment", "PythonSandbox", "SandboxConfig",
-    "ExecutionResult",
+    "ExecutionResult", "PersistentPythonSession", "isolation_level", "run_code",
 ]
