@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--accumulation", type=int, default=1, help="gradient_accumulation_steps")
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of the full student")
     parser.add_argument("--learning-rate", type=float, default=1e-2)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args(argv)
 
     from datasets import Dataset
@@ -106,10 +107,11 @@ def main(argv=None) -> int:
         learning_rate=args.learning_rate, report_to=[], save_strategy="no", seed=0, logging_steps=1,
         shuffle_dataset=False, max_grad_norm=1.0, dataloader_num_workers=0, tool_workers=2,
         generation_kwargs={"do_sample": False} if args.backend == "hf" else None,
-        gradient_checkpointing=args.backend == "hf",
-        # without CUDA, transformers only sets up gloo DDP (MULTI_CPU) when told to use the CPU; DeepSpeed
-        # picks its CPU accelerator by itself
+        gradient_checkpointing=args.gradient_checkpointing,
+        # without CUDA: DDP over gloo needs use_cpu (else transformers sees one process), and DeepSpeed needs
+        # the backend named (else accelerate counts one process although DeepSpeed started two)
         use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
+        ddp_backend="gloo" if not torch.cuda.is_available() and world_size > 1 else None,
     )
     student = tiny_model(tokenizer, hidden=64, layers=2, seed=0)
     teacher = tiny_model(tokenizer, hidden=96, layers=2, seed=1)
