@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -105,14 +106,22 @@ def test_large_code_and_stdin(sandbox):
     assert sandbox.run(code, stdin="z" * 500_000).stdout == "300000 500000\n"
 
 
+# An interpreter that lives under /tmp (a venv in a checkout there, as CI's may be) is re-exposed read-only
+# inside the call's /tmp, so its top directory shows up in the listing; nothing else may.
+INTERPRETER_MOUNTS = sorted({os.path.relpath(p, "/tmp").split(os.sep)[0] for p in (os.path.realpath(sys.prefix),)
+                             if p.startswith("/tmp/")})
+
+
 def test_working_directory_is_a_private_temp_dir_removed_afterwards(sandbox, temp_root):
     result = sandbox.run(
         "import os, tempfile\nopen('notes.txt', 'w').write('x')\n"
         "print(os.getcwd(), os.environ['HOME'], tempfile.gettempdir(), sorted(os.listdir('.')))"
     )
-    assert result.stdout == "/tmp /tmp /tmp ['notes.txt']\n", result.stderr
+    listing = sorted(["notes.txt", *INTERPRETER_MOUNTS]) if sandbox.isolation != "rlimits" else ["notes.txt"]
+    assert result.stdout == f"/tmp /tmp /tmp {listing}\n", result.stderr
     assert list(temp_root.iterdir()) == []
-    assert sandbox.run("import os\nprint(os.listdir('.'))").stdout == "[]\n"  # nothing carried over
+    empty = INTERPRETER_MOUNTS if sandbox.isolation != "rlimits" else []
+    assert sandbox.run("import os\nprint(sorted(os.listdir('.')))").stdout == f"{empty}\n"  # nothing carried over
 
 
 def test_environment_is_scrubbed(sandbox, monkeypatch):
@@ -274,7 +283,8 @@ def test_each_concurrent_call_gets_its_own_process_uid_and_directory(sandbox):
         results = list(pool.map(lambda _: sandbox.run(code), range(8)))
     assert all(r.exit_code == 0 for r in results), [r.stderr for r in results]
     uids = [int(r.stdout.split()[0]) for r in results]
-    assert [r.stdout.split()[1] for r in results] == ["1"] * 8  # no shared working directory
+    mounts = len(INTERPRETER_MOUNTS) if sandbox.isolation != "rlimits" else 0
+    assert [r.stdout.split()[1] for r in results] == [str(1 + mounts)] * 8  # no shared working directory
     if sandbox.isolation == "bwrap":
         assert len(set(uids)) == 8 and all(uid >= sandbox.config.sandbox_uid_base for uid in uids)
 

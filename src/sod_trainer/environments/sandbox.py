@@ -404,6 +404,7 @@ class _Plan:
     bwrap_prefix: tuple[str, ...]  # bwrap options shared by all calls (empty for "rlimits")
     reason: str = ""
     site_paths: tuple[str, ...] = ()  # sys.path entries that `site` would have added
+    tmp_binds: tuple[str, ...] = ()  # interpreter paths under /tmp (e.g. a venv), re-exposed over the call's /tmp
 
     @property
     def namespaces(self) -> bool:
@@ -524,8 +525,10 @@ def _make_plan(config: SandboxConfig) -> _Plan:
         if bwrap is None:
             reason = "bubblewrap (bwrap) is not installed (apt-get install bubblewrap)"
         else:
+            tmp_binds = tuple(p for p in _interpreter_layout(python)[0] if _is_within(p, "/tmp") and p != "/tmp")
             plan = _Plan("bwrap" if as_root else "bwrap-userns", python, as_root,
-                         (bwrap, *_bwrap_prefix(config, python, as_root)), site_paths=site_paths)
+                         (bwrap, *_bwrap_prefix(config, python, as_root)), site_paths=site_paths,
+                         tmp_binds=tmp_binds)
             probe = _run_once(plan, config, "import numpy, sympy\nprint(6 * 7)", None, timeout_s=30.0,
                               show_last=False, probe=True)
             if probe.exit_code == 0 and probe.stdout.strip() == "42":
@@ -832,6 +835,14 @@ class _SandboxProcess:
             to_close.append(info_w)
             pass_fds.append(info_w)
             argv = [*plan.bwrap_prefix, "--bind", self.workdir, "/tmp", "--chdir", "/tmp", "--clearenv"]
+            for path in plan.tmp_binds:  # an interpreter (venv) living under /tmp stays visible, read-only
+                mount_point = os.path.join(self.workdir, os.path.relpath(path, "/tmp"))
+                os.makedirs(mount_point, mode=0o755, exist_ok=True)
+                current = mount_point
+                while current != self.workdir:
+                    os.chmod(current, 0o755)
+                    current = os.path.dirname(current)
+                argv += ["--ro-bind", path, path]
             for key, value in inner_env.items():
                 argv += ["--setenv", key, value]
             argv += ["--info-fd", str(info_w), "--", *python_argv]
