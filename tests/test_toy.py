@@ -172,3 +172,23 @@ def test_diagnostics_on_a_canned_rollout(tokenizer):
     assert classify_pattern([1.0, 1.2, 0.9]) == "stable"
     assert classify_pattern([1.0, 0.3, 0.5]) == "erroneous"
     assert classify_pattern([1.0, 0.3, 1.1]) == "recovery"
+
+
+def test_flaky_tool_environment_and_retry_data():
+    from sod_trainer.toy.environment import ToyToolEnvironment, toy_environment_factory
+    from sod_trainer.toy.tasks import TRANSIENT_ERROR
+
+    turn = "ok\n```python\nprint(6 * 7)\n```"
+    flaky = ToyToolEnvironment(flaky_rate=0.99, seed=0)
+    result = flaky.step(turn)
+    assert result.error and result.tool_called and result.observation == TRANSIENT_ERROR and not result.done
+    assert flaky.step("\\boxed{42}").done  # a final answer is never swallowed
+    assert ToyToolEnvironment(flaky_rate=0.0).step(turn).observation == "42"
+    make = toy_environment_factory(0.5, seed=3)
+    outcomes = [make().step(turn).error for _ in range(40)]
+    assert 5 < sum(outcomes) < 35
+    messages = student_sft_messages(generate_problem(2), lazy_error_rate=0.0, transient_error_rate=1.0)
+    failed = [i for i, m in enumerate(messages) if m["content"] == TRANSIENT_ERROR]
+    assert len(failed) == 1
+    code = messages[failed[0] - 1]["content"].split("```python")[1]
+    assert messages[failed[0] + 1]["content"].split("```python")[1] == code  # the same code, sent again

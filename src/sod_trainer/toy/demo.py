@@ -49,6 +49,7 @@ class DemoSettings:
     max_tool_calling_iterations: int = 6
     tool_workers: int = 4
     compare: list[str] = field(default_factory=list)  # extra weighting schemes trained from the same student
+    flaky_tool_rate: float = 0.0  # share of tool calls that fail transiently (toy.environment); 0: the paper's tool
 
     @classmethod
     def quick(cls, **overrides) -> DemoSettings:
@@ -107,6 +108,12 @@ def _load_or_build_teacher(progress: _Progress, teacher_path: str | None):
     return teacher, tokenizer, teacher_info(path), str(path)
 
 
+def _environment_factory(settings: DemoSettings, seed: int):
+    from .environment import toy_environment_factory
+
+    return toy_environment_factory(settings.flaky_tool_rate, seed=seed)
+
+
 def _evaluate(model, teacher, tokenizer, rows, settings: DemoSettings, seed: int, with_diagnostics: bool = True):
     import torch
 
@@ -116,7 +123,8 @@ def _evaluate(model, teacher, tokenizer, rows, settings: DemoSettings, seed: int
     torch.manual_seed(seed)
     rollouts = sample_trajectories(model, tokenizer, rows, max_completion_length=settings.max_completion_length,
                                    max_turns=settings.max_tool_calling_iterations, batch_size=64,
-                                   tool_workers=settings.tool_workers)
+                                   tool_workers=settings.tool_workers,
+                                   environment_factory=_environment_factory(settings, seed=10_000 + seed))
     summary = summarize(rollouts)
     diagnostics = None
     if with_diagnostics:
@@ -169,7 +177,8 @@ def _train(student, teacher, tokenizer, train_dataset, settings: DemoSettings, s
                      f"w_2 {logs.get('weights/step_2', float('nan')):.2f}")
 
     trainer = SODTrainer(model=student, teacher_model=teacher, args=config, train_dataset=train_dataset,
-                         processing_class=tokenizer, reward_funcs=[toy_reward], callbacks=[Progress()])
+                         processing_class=tokenizer, reward_funcs=[toy_reward], callbacks=[Progress()],
+                         environment_factory=_environment_factory(settings, seed=settings.seed))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our own progress lines instead of raw log dicts
@@ -312,6 +321,7 @@ def run_demo(output_dir: str | os.PathLike = "sod-demo", quick: bool = False, *,
     # One thread: a 2 M-parameter model is overhead-bound, and the tool processes need the other cores.
     torch.set_num_threads(settings.threads or 1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on the network
     timing: dict[str, float] = {}
     clock = time.monotonic()
 
@@ -343,6 +353,7 @@ def run_demo(output_dir: str | os.PathLike = "sod-demo", quick: bool = False, *,
     student, cold = cold_start_student(
         teacher, tokenizer, layers=settings.student_layers, num_trajectories=settings.cold_start_trajectories,
         steps=settings.cold_start_steps, batch_size=settings.cold_start_batch_size, seed=settings.seed + 1,
+        transient_error_rate=min(1.0, 2 * settings.flaky_tool_rate),
         callback=lambda step, record: say(f"  SFT step {step}: loss {record['loss']:.3f}"))
     student.eval()
     say(f"student: {count_parameters(student) / 1e6:.2f} M parameters, cold start took {cold.seconds:.0f}s")
@@ -419,17 +430,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-weighting", default=None, help="sod (default), uniform, decay, mask_after_error, ...")
     parser.add_argument("--compare", nargs="*", default=None, metavar="SCHEME",
                         help="also train these weighting schemes from the same cold-start student (e.g. uniform)")
-    parser.add_argument("--no-teacher-eval", action="store_true", help="skip measuring the teacher")
+    parser.add_argument("--eval-teacher", action="store_true",
+                        help="also measure the teacher on the held-out problems (default: report its build record)")
     parser.add_argument("--teacher", default=None, help="a teacher folder (default: the shipped one)")
+    parser.add_argument("--flaky-tool-rate", type=float, default=None,
+                        help="share of tool calls that fail transiently (the student must retry; default 0)")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     for key, value in (("sod_steps", args.steps), ("eval_problems", args.eval_problems), ("seed", args.seed),
                        ("threads", args.threads), ("step_weighting", args.step_weighting),
-                       ("compare", args.compare)):
+                       ("compare", args.compare), ("flaky_tool_rate", args.flaky_tool_rate)):
         if value is not None:
             overrides[key] = value
-    if args.no_teacher_eval:
-        overrides["eval_teacher"] = False
+    if args.eval_teacher:
+        overrides["eval_teacher"] = True
     try:
         run_demo(args.output_dir, quick=args.quick, teacher_path=args.teacher, **overrides)
     except ImportError as error:

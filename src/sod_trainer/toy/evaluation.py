@@ -56,8 +56,12 @@ def sample_trajectories(
     batch_size: int = 64,
     tool_workers: int = 8,
     seed: int | None = None,
+    environment_factory=None,
 ) -> list[ToyRollout]:
-    """One trajectory per row (rows have ``prompt`` and ``answer``), sampled at ``temperature``."""
+    """One trajectory per row (rows have ``prompt`` and ``answer``), sampled at ``temperature``.
+
+    ``environment_factory``: the tool (default: a fresh stateless :class:`PythonToolEnvironment` per row).
+    """
     from ..data import encode_prompt
     from ..environments import PythonToolEnvironment
     from ..rollout import RolloutEngine
@@ -67,7 +71,8 @@ def sample_trajectories(
         torch.manual_seed(seed)
     backend = HFGenerationBackend(lambda: nullcontext(model), tokenizer, temperature=temperature,
                                   batch_size=batch_size)
-    engine = RolloutEngine(backend, tokenizer, PythonToolEnvironment, max_completion_length=max_completion_length,
+    engine = RolloutEngine(backend, tokenizer, environment_factory or PythonToolEnvironment,
+                           max_completion_length=max_completion_length,
                            max_turns=max_turns, tool_workers=tool_workers)
     results: list[ToyRollout] = []
     try:

@@ -30,6 +30,7 @@ def cold_start_student(
     batch_size: int = 16,
     learning_rate: float = 1e-3,
     lazy_error_rate: float = 0.3,
+    transient_error_rate: float = 0.0,
     seed: int = 1,
     callback: Callable[[int, dict], None] | None = None,
     device: str | torch.device = "cpu",
@@ -41,7 +42,9 @@ def cold_start_student(
     formatter = ToolResponseFormatter(tokenizer)
     problems = generate_problems(num_trajectories, seed=1000 + seed, split="train")
     examples = [
-        encode_conversation(tokenizer, p.prompt(), student_sft_messages(p, lazy_error_rate=lazy_error_rate), formatter)
+        encode_conversation(tokenizer, p.prompt(), student_sft_messages(p, lazy_error_rate=lazy_error_rate,
+                                                                   transient_error_rate=transient_error_rate),
+                            formatter)
         for p in problems
     ]
     result = sft_train(student, examples, steps=steps, batch_size=batch_size, learning_rate=learning_rate,

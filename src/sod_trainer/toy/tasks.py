@@ -43,6 +43,7 @@ __all__ = [
     "load_toy_tokenizer",
     "extract_boxed",
     "toy_reward",
+    "TRANSIENT_ERROR",
     "TRAIN_SEED_BASE",
     "EVAL_SEED_BASE",
 ]
@@ -50,6 +51,12 @@ __all__ = [
 SYSTEM_PROMPT = (
     "Solve the problem with the python tool. Each ```python block runs in a new process and its "
     "output is shown to you. Put the final answer in \\boxed{}."
+)
+
+# What a flaky tool returns (see sod_trainer.toy.environment): the code did not run; run it again.
+TRANSIENT_ERROR = (
+    "Traceback (most recent call last):\n  File \"tool_server.py\", line 88, in execute\n"
+    "RuntimeError: the code server is busy; the code was not run. Try again."
 )
 
 # Held-out problems come from a disjoint range of seeds.
@@ -105,6 +112,8 @@ _NEXT_SAY = {
 _GOT = ["The tool printed {v}.", "That gives {v}.", "So the value is {v}.", "", ""]
 _FINAL = ["The answer is \\boxed{{{v}}}.", "So the final count is \\boxed{{{v}}}.", "\\boxed{{{v}}}",
           "That leaves \\boxed{{{v}}}."]
+_RETRY_TRANSIENT = ["The tool was busy. I run the same code again.", "The code did not run; trying again.",
+                    "Busy server, so I send the code once more."]
 _RETRY = ["The tool does not keep variables between calls, so I write the value {v} again.",
           "{name_error} Each call is a new process; I use the printed value {v}.",
           "Oops, the variable is gone. Again with {v}."]
@@ -213,20 +222,33 @@ def _turn(say: str, code: str) -> str:
     return f"{say}\n```python\n{code}\n```"
 
 
-def reference_messages(problem: Problem, seed: int | None = None, lazy_error: bool = False) -> list[dict[str, str]]:
+def reference_messages(problem: Problem, seed: int | None = None, lazy_error: bool = False,
+                       transient_error: bool = False) -> list[dict[str, str]]:
     """A correct multi-turn trajectory (assistant / tool / ... / final assistant) for ``problem``.
 
     ``lazy_error=True`` (student cold-start data only): at a step whose previous turn defined a
     variable, the first attempt uses that variable without defining it, the tool answers with a
     ``NameError`` traceback, and the next turn retries with the printed value.
+    ``transient_error=True`` (student data, flaky tool): one call gets :data:`TRANSIENT_ERROR` back and
+    the next turn sends the same code again.
     """
     rng = random.Random(problem.seed * 7 + 1 if seed is None else seed)
+    flaky_at = random.Random(problem.seed * 11 + 3).randrange(len(problem.steps)) if transient_error else None
     messages: list[dict[str, str]] = []
+
+    def call(text: str, code: str, observation: str, k: int) -> None:
+        if k == flaky_at:
+            messages.append({"role": "assistant", "content": _turn(text, code)})
+            messages.append({"role": "tool", "content": TRANSIENT_ERROR})
+            text = rng.choice(_RETRY_TRANSIENT)
+        messages.append({"role": "assistant", "content": _turn(text, code)})
+        messages.append({"role": "tool", "content": observation})
+
     start = problem.steps[0]
     a, b = start.operands
     say = rng.choice(_START_SAY[start.op]).format(a=a, b=b)
     code, var = _code(rng, str(a), start.op, b, None)
-    messages += [{"role": "assistant", "content": _turn(say, code)}, {"role": "tool", "content": str(start.value)}]
+    call(say, code, str(start.value), 0)
     previous_value, previous_var = start.value, var
     error_at = None
     if lazy_error:
@@ -248,7 +270,7 @@ def reference_messages(problem: Problem, seed: int | None = None, lazy_error: bo
             code, var = _code(rng, str(previous_value), step.op, c, None)
         else:
             code, var = _code(rng, str(previous_value), step.op, c, previous_var)
-        messages += [{"role": "assistant", "content": _turn(text, code)}, {"role": "tool", "content": str(step.value)}]
+        call(text, code, str(step.value), k)
         previous_value, previous_var = step.value, var
     got = rng.choice(_GOT).format(v=previous_value)
     final = rng.choice(_FINAL).format(v=problem.answer)
@@ -256,10 +278,13 @@ def reference_messages(problem: Problem, seed: int | None = None, lazy_error: bo
     return messages
 
 
-def student_sft_messages(problem: Problem, seed: int | None = None, lazy_error_rate: float = 0.3) -> list[dict]:
+def student_sft_messages(problem: Problem, seed: int | None = None, lazy_error_rate: float = 0.3,
+                         transient_error_rate: float = 0.0) -> list[dict]:
     """Cold-start data for the student: like the teacher's, but a share of trajectories err and retry."""
     rng = random.Random(problem.seed * 13 + 5 if seed is None else seed)
-    return reference_messages(problem, seed=seed, lazy_error=rng.random() < lazy_error_rate)
+    lazy = rng.random() < lazy_error_rate
+    transient = rng.random() < transient_error_rate
+    return reference_messages(problem, seed=seed, lazy_error=lazy, transient_error=transient)
 
 
 def build_rows(n: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
