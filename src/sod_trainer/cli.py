@@ -22,7 +22,7 @@ __all__ = ["main", "build_launch_command", "split_launcher_flags", "print_env"]
 COMMANDS = {
     "train": "Train with SOD from a YAML recipe (TRL style: --config recipe.yaml, flags override).",
     "eval": "Evaluate a model with tools (avg@k / pass@k / maj@k) on the paper's benchmarks.",
-    "demo": "The offline toy world end to end: teacher, cold-start student, OPD vs SOD, in minutes on a CPU.",
+    "demo": "The offline toy world end to end: teacher, cold-start student, SOD training, before/after evaluation, in minutes on a CPU.",
     "env": "Print the versions of the stack, to paste into a bug report.",
 }
 
