@@ -117,3 +117,22 @@ def test_cut_at_stop_keeps_stop_string_and_eos(tokenizer):
     assert out.finish_reason == "eos" and out.token_ids[-1] == tokenizer.eos_token_id
     out = cut_at_stop(ids[:2], {tokenizer.eos_token_id}, [], decode)
     assert out.finish_reason == "length"
+
+
+def test_backend_rollout_window_brackets_all_turns_of_a_batch(tokenizer):
+    """A backend with rollout_window (vLLM: sync weights, wake up) is entered once per batch, not per turn."""
+    from contextlib import contextmanager
+
+    backend = ScriptedBackend(tokenizer, {"first": [CODE_TURN, ANSWER_TURN]})
+    events = []
+
+    @contextmanager
+    def rollout_window():
+        events.append("enter")
+        yield
+        events.append(f"exit after {len(backend.calls)} calls")
+
+    backend.rollout_window = rollout_window
+    engine = RolloutEngine(backend, tokenizer, PythonToolEnvironment, max_completion_length=256)
+    engine.rollout([tokenizer.encode(prompt_ids(tokenizer, "first q"), add_special_tokens=False)], [{}])
+    assert events == ["enter", "exit after 2 calls"]

@@ -12,6 +12,7 @@ import logging
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any, Protocol
 
 from ..environments.base import ToolEnvironment, ToolResult
@@ -100,47 +101,11 @@ class RolloutEngine:
         stop_strings = self._stop_strings(environments)
         trajectories = [Trajectory(prompt_ids=list(ids), row=dict(row)) for ids, row in zip(prompt_ids, rows)]
         live = list(range(len(trajectories)))
+        # a backend may bracket all turns of a batch (vLLM: one weight sync and wake-up per rollout batch)
+        window = getattr(self.backend, "rollout_window", None)
         try:
-            for turn_index in range(self.max_turns):
-                if not live:
-                    break
-                self.should_stop()  # raises to abandon the batch when training is being interrupted
-                contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in live]
-                budgets = [self.max_completion_length - trajectories[i].completion_length for i in live]
-                outputs = self.backend.generate(contexts, budgets, stop_strings)
-                stepping: list[tuple[int, str, GenerationOutput]] = []
-                for i, output in zip(live, outputs):
-                    trajectory = trajectories[i]
-                    start = trajectory.completion_length
-                    trajectory.append(output.token_ids, sampled=True)
-                    text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
-                    trajectory.turns.append(Turn(start, trajectory.completion_length, text, output.finish_reason))
-                    if output.finish_reason == "length":
-                        trajectory.truncated = True
-                        trajectory.stop_reason = "budget"
-                    stepping.append((i, text, output))
-                results = list(self.pool.map(lambda item: self._safe_step(environments[item[0]], item[1]), stepping))
-                still_live = []
-                for (i, _, output), result in zip(stepping, results):
-                    trajectory = trajectories[i]
-                    turn = trajectory.turns[-1]
-                    turn.tool_called, turn.tool_error = result.tool_called, result.error
-                    turn.observation, turn.metadata = result.observation, dict(result.metadata)
-                    if trajectory.truncated:
-                        continue
-                    if result.done or result.observation is None:
-                        trajectory.stop_reason = "answer" if not result.error else "environment"
-                        continue
-                    if turn_index == self.max_turns - 1:
-                        trajectory.stop_reason = "max_turns"
-                        continue
-                    glue = self.formatter(result.observation, output.finish_reason == "eos")
-                    if trajectory.completion_length + len(glue) >= self.max_completion_length:
-                        trajectory.stop_reason = "observation_over_budget"
-                        continue
-                    trajectory.append(glue, sampled=False)
-                    still_live.append(i)
-                live = still_live
+            with window() if window is not None else nullcontext():
+                self._turns(trajectories, live, environments, stop_strings)
         finally:
             for environment in environments:
                 try:
@@ -148,3 +113,46 @@ class RolloutEngine:
                 except Exception as error:  # closing must never lose the batch
                     logger.warning("Closing %s failed: %s", type(environment).__name__, error)
         return trajectories
+
+    def _turns(self, trajectories: list[Trajectory], live: list[int], environments, stop_strings) -> None:
+        """Generate turn after turn for the live trajectories, run their tool calls, append observations."""
+        for turn_index in range(self.max_turns):
+            if not live:
+                break
+            self.should_stop()  # raises to abandon the batch when training is being interrupted
+            contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in live]
+            budgets = [self.max_completion_length - trajectories[i].completion_length for i in live]
+            outputs = self.backend.generate(contexts, budgets, stop_strings)
+            stepping: list[tuple[int, str, GenerationOutput]] = []
+            for i, output in zip(live, outputs):
+                trajectory = trajectories[i]
+                start = trajectory.completion_length
+                trajectory.append(output.token_ids, sampled=True)
+                text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
+                trajectory.turns.append(Turn(start, trajectory.completion_length, text, output.finish_reason))
+                if output.finish_reason == "length":
+                    trajectory.truncated = True
+                    trajectory.stop_reason = "budget"
+                stepping.append((i, text, output))
+            results = list(self.pool.map(lambda item: self._safe_step(environments[item[0]], item[1]), stepping))
+            still_live = []
+            for (i, _, output), result in zip(stepping, results):
+                trajectory = trajectories[i]
+                turn = trajectory.turns[-1]
+                turn.tool_called, turn.tool_error = result.tool_called, result.error
+                turn.observation, turn.metadata = result.observation, dict(result.metadata)
+                if trajectory.truncated:
+                    continue
+                if result.done or result.observation is None:
+                    trajectory.stop_reason = "answer" if not result.error else "environment"
+                    continue
+                if turn_index == self.max_turns - 1:
+                    trajectory.stop_reason = "max_turns"
+                    continue
+                glue = self.formatter(result.observation, output.finish_reason == "eos")
+                if trajectory.completion_length + len(glue) >= self.max_completion_length:
+                    trajectory.stop_reason = "observation_over_budget"
+                    continue
+                trajectory.append(glue, sampled=False)
+                still_live.append(i)
+            live = still_live
