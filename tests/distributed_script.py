@@ -57,6 +57,31 @@ class ScriptedBackend:
         return outputs
 
 
+class UnevenTurnsEnvironment:
+    """Only 'alpha' trajectories call a tool (twice), the others answer at once: with 2 processes, rank 0 holds
+    alpha and beta, rank 1 gamma and delta, so the ranks need different numbers of generation calls."""
+
+    stop_strings = ("e", "a", "o", "t", " ")  # common text: turns of a random model end within a few tokens
+
+    def __init__(self):
+        self.key, self.calls = "", 0
+
+    def reset(self, **row):
+        self.key = next((k for k in SCRIPTS if f"{k}:" in row["prompt"][0]["content"]), "")
+        return None
+
+    def step(self, turn_text):
+        from sod_trainer.environments.base import ToolResult
+
+        if self.key != "alpha" or self.calls >= 2:
+            return ToolResult(observation=None, done=True)
+        self.calls += 1
+        return ToolResult(observation=f"result {self.calls}", done=False, tool_called=True)
+
+    def close(self):
+        pass
+
+
 def reward(prompts, completions, answer, **kwargs):
     return [1.0 if f"\\boxed{{{a}}}" in c else -1.0 for c, a in zip(completions, answer)]
 
@@ -83,6 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of the full student")
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--uneven-turns", action="store_true",
+                        help="an environment under which the processes need different numbers of turns")
     args = parser.parse_args(argv)
 
     from datasets import Dataset
@@ -122,7 +149,8 @@ def main(argv=None) -> int:
         peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
                                  init_lora_weights=True)
     trainer = SODTrainer(model=student, teacher_model=teacher, args=config, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, reward_funcs=[reward], peft_config=peft_config)
+                         processing_class=tokenizer, reward_funcs=[reward], peft_config=peft_config,
+                         environment_factory=UnevenTurnsEnvironment if args.uneven_turns else None)
     if args.backend == "scripted":
         trainer.rollout_engine.backend = ScriptedBackend(tokenizer)
     rollouts = []  # (step, prompt key, turns, stop reason, reward-relevant text) of this process's trajectories
