@@ -7,7 +7,9 @@ Compares, for N scored tokens (8 rows of N/8 completion tokens):
 in two modes: ``score`` (no grad: the teacher / π_old pass; the library asks the student pass for the
 entropy, so ``chunked+entropy`` is measured too) and ``train`` (forward + backward of the log-probs).
 
-Each measurement runs in a fresh subprocess: the extra peak RSS is ``ru_maxrss`` after the call minus the
+The "seconds" column is one wall-clock run per point (context only); speed is compared separately, chunked vs
+prototype interleaved in one process on CPU time (1024 tokens, 3-5 rounds). Each memory measurement runs
+in a fresh subprocess: the extra peak RSS is ``ru_maxrss`` after the call minus the
 RSS just before it (model, inputs and a warm-up on 8 tokens already resident), cross-checked by a 0.5 ms
 RSS sampler. The model is a one-layer Qwen3 with tied embeddings, vocab 151,936 and hidden 256: the hidden
 size only changes compute time, not the vocabulary-sized buffers measured here.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -93,6 +96,49 @@ def child(variant: str, mode: str, tokens: int) -> dict:
             "full_logits_fp32_mib": C.mib(tokens * VOCAB * 4)}
 
 
+def timing(tokens: int, rounds: int) -> dict:
+    """CPU time of the library's chunked path vs the prototype, interleaved in this process: ``teacher`` (no
+    grad, no entropy: teacher scoring), ``score`` (no grad with the entropy: the student's π_old pass) and
+    ``train`` (forward + backward, no entropy: the loss)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from sod_trainer.logprobs import sampled_token_logprobs
+
+    from prototypes import fast_sampled_token_logprobs
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=8192,
+                         tie_word_embeddings=True)
+    model = Qwen3ForCausalLM(config)
+    length = tokens // ROWS
+    ids = torch.randint(0, VOCAB, (ROWS, length + 1))
+    batch = (ids, torch.ones_like(ids), torch.ones(ROWS, dtype=torch.long), torch.ones(ROWS, length, dtype=torch.bool))
+
+    def variant(function, mode):
+        def run():
+            start = time.process_time()
+            if mode in ("score", "teacher"):
+                with torch.no_grad():
+                    function(model, *batch, chunk_size=1024, with_entropy=mode == "score")
+            else:
+                logps, _ = function(model, *batch, chunk_size=1024)
+                logps.sum().backward()
+                model.zero_grad(set_to_none=True)
+            return time.process_time() - start
+        return run
+
+    out = {}
+    for mode in ("teacher", "score", "train"):
+        times = C.interleave({"chunked": variant(sampled_token_logprobs, mode),
+                              "proto": variant(fast_sampled_token_logprobs, mode)}, rounds, log=None)
+        out[mode] = {"cpu_s": times, "proto_over_chunked": C.paired_ratios(times["proto"], times["chunked"])}
+        print(f"  timing {mode} N={tokens}: chunked {statistics.median(times['chunked']):.2f} s, proto "
+              f"{statistics.median(times['proto']):.2f} s CPU, ratio "
+              f"{out[mode]['proto_over_chunked']['median_of_paired_ratios']:.2f}")
+    return out
+
+
 def measure(variant: str, mode: str, tokens: int) -> dict:
     result = subprocess.run([sys.executable, __file__, "--child", variant, mode, str(tokens)], capture_output=True,
                             text=True, timeout=1800)
@@ -141,6 +187,8 @@ def main():
             for variant in chunked:
                 measurements.append(measure(variant, mode, tokens))
 
+    timings = timing(1024, 3 if options.quick else 5)
+
     rows, summary = [], {}
     for mode in ("score", "train"):
         naive = sorted((m["tokens"], m["extra_peak_mib"]) for m in measurements
@@ -173,7 +221,8 @@ def main():
         print(f"naive {mode}: {f['mib_per_token']:.3f} MiB per token (= {f['mib_per_token'] / f['full_logits_mib_per_token']:.2f}"
               f" x one fp32 logits row), fit residual {f['max_relative_residual']:.1%}")
     C.save("bench_logprob_memory", {"vocab": VOCAB, "hidden": HIDDEN, "rows": ROWS, "measurements": measurements,
-                                    "summary": summary, "wall_s": time.time() - started}, options.quick)
+                                    "summary": summary, "cpu_timing_1024_tokens": timings,
+                                    "wall_s": time.time() - started}, options.quick)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ one micro-batch per optimizer step. The trainers are stepped in one process, int
 
 Variants:
   sod_opd          SODTrainer, grpo_coef=0 (pure step-weighted distillation)    vs  trl_distillation (beta=1, reverse KL)
-  sod_opd_fused    the same with the prototype fixes of benchmarks/prototypes.py
+  sod_opd_lean     the same with prototype fix 1 only (lean chunked log-probs)
+  sod_opd_fused    the same with prototype fixes 1 and 2 (lean log-probs, no separate π_old pass)
   sod              SODTrainer defaults (GRPO + step-weighted OPD)               vs  trl_grpo (same generations per prompt)
   sod_fused        the same with the prototype fixes
 
-    python benchmarks/bench_vs_trl.py            # full: vocab 2048 and 32768, 6 rounds, memory (about 15 min)
-    python benchmarks/bench_vs_trl.py --quick    # vocab 2048, 3 rounds, memory (about 4 minutes)
+    python benchmarks/bench_vs_trl.py            # full: vocab 2048 and 32768, 20 rounds, memory (10-15 min)
+    python benchmarks/bench_vs_trl.py --quick    # vocab 2048, 10 rounds, memory (3-5 minutes)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 import torch  # noqa: E402
 
-VARIANTS = ("sod_opd", "sod_opd_fused", "trl_distillation", "sod", "sod_fused", "trl_grpo")
-BASELINE = {"sod_opd": "trl_distillation", "sod_opd_fused": "trl_distillation", "sod": "trl_grpo",
-            "sod_fused": "trl_grpo"}
-TARGET = {"sod_opd": 0.8, "sod_opd_fused": 0.8}
+VARIANTS = ("sod_opd", "sod_opd_lean", "sod_opd_fused", "trl_distillation", "sod", "sod_fused", "trl_grpo")
+BASELINE = {"sod_opd": "trl_distillation", "sod_opd_lean": "trl_distillation", "sod_opd_fused": "trl_distillation",
+            "sod": "trl_grpo", "sod_fused": "trl_grpo"}
+TARGET = {"sod_opd": 0.8, "sod_opd_lean": 0.8, "sod_opd_fused": 0.8}
 
 
 def build(kind: str, config: dict, student, teacher, tok, dataset, output_dir: str):
@@ -50,13 +52,17 @@ def build(kind: str, config: dict, student, teacher, tok, dataset, output_dir: s
 
         from prototypes import FusedSODTrainer
 
-        cls = FusedSODTrainer if kind.endswith("_fused") else SODTrainer
         pure = kind.startswith("sod_opd")
         args = SODConfig(num_generations=config["num_generations"], grpo_coef=0.0 if pure else 1.0,
                          max_tool_calling_iterations=1, **common)
-        return cls(model=student, teacher_model=copy.deepcopy(teacher), args=args, train_dataset=dataset,
-                   processing_class=tok, environment_factory=C.NoToolEnvironment,
-                   reward_funcs=None if pure else [C.constant_reward])
+        kwargs = dict(model=student, teacher_model=copy.deepcopy(teacher), args=args, train_dataset=dataset,
+                      processing_class=tok, environment_factory=C.NoToolEnvironment,
+                      reward_funcs=None if pure else [C.constant_reward])
+        if kind.endswith("_fused"):
+            return FusedSODTrainer(**kwargs)
+        if kind.endswith("_lean"):  # only the lean log-probs, π_old pass kept
+            return FusedSODTrainer(fuse_old_logps=False, **kwargs)
+        return SODTrainer(**kwargs)
     if kind == "trl_distillation":
         from trl import DistillationConfig, DistillationTrainer
 
@@ -105,13 +111,17 @@ def count_work(trainer, stepper) -> dict:
         counts["generated_tokens"] += int(out.shape[0] * (out.shape[1] - width))
         return out
 
+    had_attribute = "generate" in student.__dict__
     student.generate = generate
     try:
         stepper.step()
     finally:
         for handle in handles:
             handle.remove()
-        del student.generate  # back to the class method
+        if had_attribute:
+            student.generate = original
+        else:
+            del student.generate  # back to the class method
     return counts
 
 
@@ -176,7 +186,7 @@ def run_config(config: dict, rounds: int, variants: tuple[str, ...], memory: boo
     checks = {}
     from prototypes import gradients_match
 
-    for fused, plain in (("sod_opd_fused", "sod_opd"), ("sod_fused", "sod")):
+    for fused, plain in (("sod_opd_lean", "sod_opd"), ("sod_opd_fused", "sod_opd"), ("sod_fused", "sod")):
         if fused in trainers and plain in trainers:
             rows = [row for row in C.prompt_rows(config["trajectories"] // config["num_generations"], seed=7)
                     for _ in range(config["num_generations"])]
@@ -184,11 +194,29 @@ def run_config(config: dict, rounds: int, variants: tuple[str, ...], memory: boo
             print(f"  gradient check {fused} vs {plain}: {checks[fused]}")
 
     steppers = {kind: C.ManualStepper(trainer) for kind, trainer in trainers.items()}
+    generation_cpu = {kind: [] for kind in trainers}
+    for kind, trainer in trainers.items():  # CPU time inside model.generate, per step
+        original = trainer.model.generate
+
+        def timed(*args, _original=original, _kind=kind, **kwargs):
+            start = time.process_time()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                generation_cpu[_kind].append(time.process_time() - start)
+
+        trainer.model.generate = timed
     work = {}
     for kind, stepper in steppers.items():  # warm-up step, counting the work done
         work[kind] = count_work(trainers[kind], stepper)
     print("  work per step: " + json.dumps(work))
+    for kind, stepper in steppers.items():
+        stepper.cpu_times.clear()
+        generation_cpu[kind].clear()
     times = C.interleave({kind: stepper.step for kind, stepper in steppers.items()}, rounds)
+    cpu = {kind: list(stepper.cpu_times) for kind, stepper in steppers.items()}
+    # one generate call per step here (one turn, one micro-batch): CPU time of the step outside generation
+    rest = {kind: [c - g for c, g in zip(cpu[kind], generation_cpu[kind])] for kind in cpu}
 
     memory_results = {}
     if memory:
@@ -204,14 +232,20 @@ def run_config(config: dict, rounds: int, variants: tuple[str, ...], memory: boo
     rows, results = [], {}
     for kind in variants:
         stats = C.summary(times[kind])
-        entry = {"times_s": times[kind], "summary": stats, "work": work[kind], "memory": memory_results.get(kind)}
+        cpu_stats = C.summary(cpu[kind])
+        entry = {"times_s": times[kind], "cpu_times_s": cpu[kind], "summary": stats, "cpu_summary": cpu_stats,
+                 "generation_cpu_s": generation_cpu[kind], "outside_generation_cpu_s": rest[kind],
+                 "work": work[kind], "memory": memory_results.get(kind)}
         base = BASELINE.get(kind)
         if base in times:
             entry["vs"] = base
             entry["ratio"] = C.paired_ratios(times[kind], times[base])
+            entry["cpu_ratio"] = C.paired_ratios(cpu[kind], cpu[base])
+            entry["outside_generation_cpu_ratio"] = C.paired_ratios(rest[kind], rest[base])
             if kind in TARGET:
                 entry["target"] = TARGET[kind]
-                entry["meets_target"] = entry["ratio"]["median_of_paired_ratios"] <= TARGET[kind]
+                entry["meets_target_wall"] = entry["ratio"]["median_of_paired_ratios"] <= TARGET[kind]
+                entry["meets_target_cpu"] = entry["cpu_ratio"]["median_of_paired_ratios"] <= TARGET[kind]
         if kind in checks:
             entry["gradient_check"] = checks[kind]
         results[kind] = entry
@@ -219,14 +253,20 @@ def run_config(config: dict, rounds: int, variants: tuple[str, ...], memory: boo
         rows.append([
             kind, stats["median"], f"{stats['iqr_over_median']:.0%}",
             f"{entry['ratio']['median_of_paired_ratios']:.2f} vs {base}" if "ratio" in entry else "-",
+            f"{cpu_stats['median']:.3f} ({cpu_stats['iqr_over_median']:.0%})",
+            f"{entry['cpu_ratio']['median_of_paired_ratios']:.2f} [{entry['cpu_ratio']['paired_ratio_q1']:.2f}, "
+            f"{entry['cpu_ratio']['paired_ratio_q3']:.2f}]" if "ratio" in entry else "-",
             f"<= {TARGET[kind]}" if kind in TARGET else "-",
+            f"{statistics.median(generation_cpu[kind]) / cpu_stats['median']:.0%}",
+            f"{entry['outside_generation_cpu_ratio']['median_of_paired_ratios']:.2f}" if "ratio" in entry else "-",
             f"{mem.get('peak_rss_delta_mib', float('nan')):.0f}" if mem else "-",
             f"{mem.get('largest_tensor_shape')}" if mem else "-",
             f"{work[kind]['student_forward_passes']}+{work[kind]['teacher_forward_passes']}",
             work[kind]["generated_tokens"],
         ])
     print()
-    print(C.table(rows, ["variant", "step s (median)", "IQR/med", "time ratio (paired median)", "target",
+    print(C.table(rows, ["variant", "wall s (median)", "IQR/med", "wall ratio (paired median)", "CPU s (IQR/med)",
+                         "CPU ratio [IQR]", "target", "generation share (CPU)", "CPU ratio outside generation",
                          "peak step RSS MiB", "largest tensor", "fwd passes student+teacher", "gen tokens"]))
     for trainer in trainers.values():
         if hasattr(trainer, "close"):
@@ -254,7 +294,7 @@ def main():
     configs = [dict(base, name="vocab2048", vocab=2048)]
     if not options.quick:
         configs.append(dict(base, name="vocab32768", vocab=32768))
-    rounds = options.rounds or (3 if options.quick else 6)
+    rounds = options.rounds or (10 if options.quick else 20)
     variants = tuple(v for v in options.variants.split(",") if v)
     started = time.time()
     outputs = [run_config(config, rounds, variants, memory=not options.no_memory) for config in configs]

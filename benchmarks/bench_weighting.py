@@ -14,8 +14,8 @@ benchmark also times every weighting-specific operation inside the real steps (s
 d_k, w_k, the per-token gather, and the d/w/pattern diagnostics) and reports their share of the step: an
 upper bound on what SOD weighting costs, even against an OPD that skipped all of it.
 
-    python benchmarks/bench_weighting.py --quick   # about 2 minutes
-    python benchmarks/bench_weighting.py           # about 5 minutes
+    python benchmarks/bench_weighting.py --quick   # about 1-2 minutes (20 rounds each)
+    python benchmarks/bench_weighting.py           # about 3-5 minutes (60 rounds each)
 """
 
 from __future__ import annotations
@@ -124,16 +124,19 @@ def run_workload(workload: str, rounds: int) -> dict:
 
     print(f"\n== workload {workload}")
     times = C.interleave({scheme: step(scheme) for scheme in trainers}, rounds,
-                         log=print)
+                         log=print if rounds <= 20 else None)
     timer.close()
+    cpu = {scheme: stepper.cpu_times[1:] for scheme, stepper in steppers.items()}  # [0] is the warm-up
     metrics = {scheme: {k: v[-1] for k, v in trainer._metrics["train"].items() if v}
                for scheme, trainer in trainers.items()}
     for trainer in trainers.values():
         trainer.close()
     tmp.cleanup()
 
-    result = {"times_s": times, "ratio": C.paired_ratios(times["sod"], times["uniform"]),
-              "summary": {scheme: C.summary(values) for scheme, values in times.items()}}
+    result = {"times_s": times, "cpu_times_s": cpu, "ratio": C.paired_ratios(times["sod"], times["uniform"]),
+              "cpu_ratio": C.paired_ratios(cpu["sod"], cpu["uniform"]),
+              "summary": {scheme: C.summary(values) for scheme, values in times.items()},
+              "cpu_summary": {scheme: C.summary(values) for scheme, values in cpu.items()}}
     shares = {}
     for scheme in trainers:
         per_step = [sum(ops.values()) for ops in op_times[scheme]]
@@ -153,8 +156,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=None)
     options = parser.parse_args()
     started = time.time()
-    plan = {"generate": options.rounds or (8 if options.quick else 20),
-            "multiturn": options.rounds or (12 if options.quick else 40)}
+    plan = {"generate": options.rounds or (20 if options.quick else 60),
+            "multiturn": options.rounds or (20 if options.quick else 60)}
     results = {workload: run_workload(workload, rounds) for workload, rounds in plan.items()}
     rows = []
     for workload, r in results.items():
@@ -165,12 +168,14 @@ def main():
                      f"{ratio['median_of_paired_ratios']:.3f} [{ratio['paired_ratio_q1']:.3f}, "
                      f"{ratio['paired_ratio_q3']:.3f}]",
                      f"{r['summary']['sod']['iqr_over_median']:.0%}",
+                     f"{r['cpu_ratio']['median_of_paired_ratios']:.3f} [{r['cpu_ratio']['paired_ratio_q1']:.3f}, "
+                     f"{r['cpu_ratio']['paired_ratio_q3']:.3f}]",
                      f"{ops['weighting_ops_s_per_step'] * 1e3:.2f} ms ({ops['share_of_step']:.2%})",
                      f"{r['weighting_ops']['uniform']['weighting_ops_s_per_step'] * 1e3:.2f} ms",
                      f"{r['steps_per_trajectory']:.1f}", f"<= {TARGET}"])
     print()
     print(C.table(rows, ["workload", "rounds", "sod step s", "uniform step s", "sod/uniform paired median [IQR]",
-                         "IQR/med", "weighting ops per sod step (share)", "same ops, uniform", "steps/traj",
+                         "IQR/med", "CPU-time ratio [IQR]", "weighting ops per sod step (share)", "same ops, uniform", "steps/traj",
                          "target"]))
     C.save("bench_weighting", {"target": TARGET, "threads": C.THREADS, "workloads": results,
                                "wall_s": time.time() - started}, options.quick)

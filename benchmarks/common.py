@@ -283,6 +283,7 @@ class ManualStepper:
         trainer.model_wrapped = trainer.model
         self.iterator = iter(trainer.get_train_dataloader())
         self.max_grad_norm = trainer.args.max_grad_norm
+        self.cpu_times: list[float] = []
         trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
 
     def _next_batch(self):
@@ -293,8 +294,13 @@ class ManualStepper:
             return next(self.iterator)
 
     def step(self) -> float:
+        """One optimizer step; returns its wall time and appends its process CPU time to ``cpu_times``.
+
+        With one intra-op thread and no tool subprocesses, CPU time is the step's own compute, much less
+        disturbed by other programs on a shared machine than wall time (which includes time descheduled)."""
         trainer = self.trainer
         batch = self._next_batch()
+        cpu_start = time.process_time()
         start = time.perf_counter()
         trainer.model.train()
         trainer.training_step(trainer.model, batch, None)
@@ -304,7 +310,9 @@ class ManualStepper:
         trainer.lr_scheduler.step()
         trainer.model.zero_grad(set_to_none=True)
         trainer.state.global_step += 1
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.cpu_times.append(time.process_time() - cpu_start)
+        return elapsed
 
 
 # ---------------------------------------------------------------------------------------------- multi-turn workloads
