@@ -20,7 +20,7 @@ measurement's N (its peak is affine in N; the fit's residual is reported). The c
 at 8k (and at 2k in train mode without --quick, to show that their peak does not grow with N).
 
     python benchmarks/bench_logprob_memory.py --quick   # about 4-5 minutes
-    python benchmarks/bench_logprob_memory.py           # about 8-10 minutes
+    python benchmarks/bench_logprob_memory.py           # about 8 minutes
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ the output head, the log-prob math, the loss and its metrics.
 Runs the library's ``SODTrainer`` and the prototype ``FusedSODTrainer`` (benchmarks/prototypes.py), one
 after the other, and prints the top functions of "everything else" from cProfile.
 
-    python benchmarks/bench_profile.py --quick   # about 2 minutes
-    python benchmarks/bench_profile.py           # about 5 minutes
+    python benchmarks/bench_profile.py --quick   # under a minute
+    python benchmarks/bench_profile.py           # about a minute
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ generation and tool execution (the engine does not overlap the two; the split sh
 save). ``--vllm`` instead compares HF generate with the vLLM backend on the toy world's trained teacher
 (see ``vllm_comparison``; run it with the vLLM virtualenv).
 
-    python benchmarks/bench_rollout.py --quick   # about 2-3 minutes
-    python benchmarks/bench_rollout.py           # about 6 minutes
+    python benchmarks/bench_rollout.py --quick   # about a minute
+    python benchmarks/bench_rollout.py           # about 2 minutes
     /work/venv-vllm/bin/python benchmarks/bench_rollout.py --vllm --quick
 """
 

@@ -13,8 +13,8 @@ Variants:
   sod              SODTrainer defaults (GRPO + step-weighted OPD)               vs  trl_grpo (same generations per prompt)
   sod_fused        the same with the prototype fixes
 
-    python benchmarks/bench_vs_trl.py            # full: vocab 2048 and 32768, 20 rounds, memory (10-15 min)
-    python benchmarks/bench_vs_trl.py --quick    # vocab 2048, 10 rounds, memory (3-5 minutes)
+    python benchmarks/bench_vs_trl.py            # full: vocab 2048 and 32768, 20 rounds, memory (about 10 min)
+    python benchmarks/bench_vs_trl.py --quick    # vocab 2048, 10 rounds, memory (about 2 minutes)
 """
 
 from __future__ import annotations
