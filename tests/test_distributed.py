@@ -128,15 +128,7 @@ def test_zero2_with_gradient_accumulation_matches(single_scripted, tmp_path):
     assert_same_training(single_scripted, run_launched(tmp_path, "zero2", "--accumulation", "2"), "zero2+accumulation")
 
 
-ZERO3_FROZEN_HEAD = pytest.mark.xfail(
-    strict=True,
-    reason="logprobs.sampled_token_logprobs checkpoints head(hidden) per chunk; in the backward recompute ZeRO-3 "
-           "leaves a frozen head (LoRA) partitioned (shape [0]) -> CheckpointError. Fix: gather a frozen ZeRO-3 "
-           "head once per call (see docs/distributed.md). Remove this mark when that lands.",
-)
-
-
-@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=ZERO3_FROZEN_HEAD)], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_zero3_with_hf_generation(lora, tmp_path):
     """ZeRO-3 sharded student generating with HF generate (gathered), full weights and LoRA."""
     pytest.importorskip("deepspeed")
@@ -147,13 +139,6 @@ def test_zero3_with_hf_generation(lora, tmp_path):
     assert_same_training(single, launched, f"zero3 hf lora={lora}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RolloutEngine calls backend.generate once per turn while a process has live trajectories; under "
-           "ZeRO-3 each HF generate call gathers the sharded student (a collective), so processes that need "
-           "different numbers of turns wait on each other forever. Fix: keep the processes in lockstep (all-reduce "
-           "'any live trajectory' per turn and call generate with an empty batch). Remove this mark when that lands.",
-)
 def test_zero3_hf_generation_with_uneven_turns_across_processes(tmp_path):
     """Rank 0's trajectories call the tool twice, rank 1's answer at once (greedy HF generation)."""
     pytest.importorskip("deepspeed")

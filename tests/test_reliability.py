@@ -171,3 +171,12 @@ def test_chat_template_without_generation_prompt_is_rejected(tokenizer, tmp_path
     with pytest.raises(ValueError, match="ignores add_generation_prompt"):
         SODTrainer(model=make_tiny_model(broken), teacher_model=make_tiny_model(broken), args=args,
                    train_dataset=Dataset.from_list(ROWS), processing_class=broken, reward_funcs=[reward])
+
+
+def test_training_twice_in_one_process_works(tokenizer, tmp_path):
+    """The optimizer's guarded step stays a bound method (a second train() unwraps step.__func__)."""
+    trainer = build(tokenizer, tmp_path, max_steps=1)
+    trainer.train()
+    trainer.args.max_steps = 2
+    trainer.train()
+    assert trainer.state.global_step == 2

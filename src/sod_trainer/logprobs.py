@@ -60,6 +60,34 @@ def completion_positions(completion_start: torch.Tensor, completion_length: int,
     return (completion_start.unsqueeze(1) + offsets).clamp(max=sequence_length - 1)
 
 
+class _FrozenGatheredHead(torch.nn.Module):
+    """A frozen ZeRO-3 output head gathered once into plain tensors (LoRA students).
+
+    Each chunk's ``head(hidden)`` is recomputed in the backward pass (activation checkpointing), where ZeRO-3
+    does not re-gather a frozen parameter: the recomputation would see a 0-sized shard. One full copy of the
+    head (vocab x hidden) is held instead, for this forward/backward only.
+    """
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(head.parameters())):
+            self.weight = head.weight.detach().clone()
+            bias = getattr(head, "bias", None)
+            self.bias = bias.detach().clone() if bias is not None else None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.weight, self.bias)
+
+
+def _head_for_chunks(head: torch.nn.Module) -> torch.nn.Module:
+    weight = getattr(head, "weight", None)
+    if weight is not None and hasattr(weight, "ds_id") and not weight.requires_grad:
+        return _FrozenGatheredHead(head)
+    return head
+
+
 def sampled_token_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -80,7 +108,7 @@ def sampled_token_logprobs(
     """
     causal_lm = unwrap_causal_lm(model)
     decoder = causal_lm.get_decoder()
-    head = causal_lm.get_output_embeddings()
+    head = _head_for_chunks(causal_lm.get_output_embeddings())
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
     with _capture_hidden(decoder) as captured:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)

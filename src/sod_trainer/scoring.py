@@ -264,8 +264,8 @@ class RolloutScorer:
             "entropy": mean(entropy[mask].tolist()) if mask.any() else float("nan"),
             "opd/reverse_kl": mean((old_logps - teacher_logps)[mask].tolist()) if mask.any() else float("nan"),
             "weights/mean": mean(weights_per_step[valid].tolist()),
-            "weights/min": float(self.accelerator.reduce(
-                weights_per_step.masked_fill(~valid, math.inf).min().reshape(1), reduction="min").item()),
+            "weights/min": float(self.accelerator.gather(  # accelerate's reduce has no "min"
+                weights_per_step.masked_fill(~valid, math.inf).min().reshape(1)).min().item()),
             "nonfinite_logprob_trajectories": float(nonfinite_rows),
         }
         metrics.update(reward_metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import types
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -191,6 +192,7 @@ class SODTrainer(Trainer):
             formatter=ToolResponseFormatter(processing_class, args.tool_response_template,
                                             args.chat_template_kwargs),
             should_stop=self.interrupt_handler.check,
+            any_process_live=self._any_process_live if self._generation_is_collective() else None,
         )
         self.scorer = RolloutScorer(
             args=args, tokenizer=processing_class, teacher=teacher, segmenter=segmenter,
@@ -198,6 +200,15 @@ class SODTrainer(Trainer):
         )
 
     # ------------------------------------------------------------------ generation backend
+    def _generation_is_collective(self) -> bool:
+        """HF generation under ZeRO-3 gathers the sharded student on every call: processes must stay in lockstep."""
+        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        return plugin is not None and plugin.zero_stage == 3 and not self.args.use_vllm
+
+    def _any_process_live(self, local: bool) -> bool:
+        flag = torch.tensor([1.0 if local else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
     def _make_backend(self):
         args = self.args
         if args.use_vllm:
@@ -213,7 +224,7 @@ class SODTrainer(Trainer):
             lambda: unwrap_model_for_generation(self.model_wrapped, self.accelerator),
             self.processing_class, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             min_p=args.min_p, repetition_penalty=args.repetition_penalty, generation_kwargs=args.generation_kwargs,
-            eos_token_ids=extra_eos,
+            eos_token_ids=extra_eos, gather_when_empty=self._generation_is_collective(),
         )
 
     # ------------------------------------------------------------------ data
@@ -331,7 +342,8 @@ class SODTrainer(Trainer):
                     return None
                 return step(*args, **kwargs)
 
-            optimizer.step = guarded_step
+            # bound as a method: the scheduler and a second train() in the same process unwrap step.__func__
+            optimizer.step = types.MethodType(lambda _optimizer, *a, **k: guarded_step(*a, **k), optimizer)
             optimizer._sod_guarded = True
         return optimizer
 

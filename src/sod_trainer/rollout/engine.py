@@ -47,6 +47,7 @@ class RolloutEngine:
         formatter: ToolResponseFormatter | None = None,
         stop_strings: Sequence[str] | None = None,
         should_stop: Callable[[], None] | None = None,
+        any_process_live: Callable[[bool], bool] | None = None,
     ):
         self.backend = backend
         self.tokenizer = tokenizer
@@ -56,6 +57,9 @@ class RolloutEngine:
         self.formatter = formatter or ToolResponseFormatter(tokenizer)
         self.stop_strings = tuple(stop_strings) if stop_strings is not None else None
         self.should_stop = should_stop or (lambda: None)
+        # HF generation under ZeRO-3 is a collective (the gather, then every forward step): all processes take
+        # the same number of turns, a finished one joining with an empty batch
+        self.any_process_live = any_process_live
         self.pool = ThreadPoolExecutor(max_workers=max(1, tool_workers), thread_name_prefix="sod-tool")
         self.eos_token_ids = set(getattr(backend, "eos_token_ids", set())) | {tokenizer.eos_token_id}
 
@@ -117,7 +121,7 @@ class RolloutEngine:
     def _turns(self, trajectories: list[Trajectory], live: list[int], environments, stop_strings) -> None:
         """Generate turn after turn for the live trajectories, run their tool calls, append observations."""
         for turn_index in range(self.max_turns):
-            if not live:
+            if not (self.any_process_live(bool(live)) if self.any_process_live is not None else live):
                 break
             self.should_stop()  # raises to abandon the batch when training is being interrupted
             contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in live]

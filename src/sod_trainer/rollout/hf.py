@@ -59,6 +59,7 @@ class HFGenerationBackend:
         generation_kwargs: dict | None = None,
         eos_token_ids: Sequence[int] = (),
         batch_size: int | None = None,
+        gather_when_empty: bool = False,
     ):
         self.model_context = model_context
         self.tokenizer = tokenizer
@@ -70,6 +71,7 @@ class HFGenerationBackend:
         self.eos_token_ids = set(eos_token_ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.batch_size = batch_size
+        self.gather_when_empty = gather_when_empty
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -78,8 +80,13 @@ class HFGenerationBackend:
     def generate(
         self, contexts: list[list[int]], max_new_tokens: list[int], stop_strings: Sequence[str] = ()
     ) -> list[GenerationOutput]:
+        dummy = False
         if not contexts:
-            return []
+            if not self.gather_when_empty:
+                return []
+            # ZeRO-3: generation is collective (the gather, then every forward step, kept in step by
+            # transformers' synced_gpus), so a process without live trajectories joins with a 1-token dummy
+            dummy, contexts, max_new_tokens = True, [[self.pad_token_id]], [1]
         outputs: list[GenerationOutput] = []
         size = self.batch_size or len(contexts)
         with self.model_context() as model:
@@ -91,7 +98,7 @@ class HFGenerationBackend:
                         model, contexts[start:start + size], max_new_tokens[start:start + size], stop_strings))
             finally:
                 model.train(was_training)
-        return outputs
+        return [] if dummy else outputs
 
     def _generate_batch(self, model, contexts, budgets, stop_strings) -> list[GenerationOutput]:
         device = next(model.parameters()).device
