@@ -199,3 +199,17 @@ def test_plain_grpo_needs_no_teacher(tokenizer, tmp_path):
         SODTrainer(model=make_tiny_model(tokenizer), args=SODConfig(output_dir=str(tmp_path), report_to=[],
                    per_device_train_batch_size=8, use_cpu=True), train_dataset=dataset(), processing_class=tokenizer,
                    reward_funcs=[reward])
+
+
+def test_chunked_entropy_matches_full_softmax(tokenizer):
+    model = make_tiny_model(tokenizer)
+    ids = torch.randint(3, len(tokenizer), (2, 10))
+    start = torch.tensor([2, 4])
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    _, entropy = sampled_token_logprobs(model, ids, torch.ones_like(ids), start, mask, chunk_size=4, with_entropy=True)
+    logits = model(input_ids=ids).logits.float()
+    probs = torch.softmax(logits, -1)
+    full = -(probs * torch.log_softmax(logits, -1)).sum(-1)
+    for b in range(2):
+        assert torch.allclose(entropy[b], full[b, start[b] - 1:start[b] + 5], atol=1e-5)
+    assert sampled_token_logprobs(model, ids, torch.ones_like(ids), start, mask)[1] is None

@@ -41,7 +41,7 @@ def _capture_hidden(decoder: torch.nn.Module):
 
 
 def _chunk_stats(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, temperature: float,
-                 softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+                 softcap: float | None, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -49,6 +49,8 @@ def _chunk_stats(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Mod
         logits = logits / temperature
     normalizer = torch.logsumexp(logits, dim=-1)
     logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+    if not with_entropy:  # the softmax over the vocabulary is only paid for when the entropy is wanted
+        return logps, None
     probs = torch.softmax(logits, dim=-1)
     entropy = normalizer - (probs * logits).sum(-1)
     return logps, entropy
@@ -126,11 +128,13 @@ def sampled_token_logprobs(
         h = flat_hidden[start:start + chunk_size]
         t = flat_targets[start:start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            logps, entropy = checkpoint(_chunk_stats, h, t, head, temperature, softcap, use_reentrant=False)
+            logps, entropy = checkpoint(_chunk_stats, h, t, head, temperature, softcap, with_entropy,
+                                        use_reentrant=False)
         else:
-            logps, entropy = _chunk_stats(h, t, head, temperature, softcap)
+            logps, entropy = _chunk_stats(h, t, head, temperature, softcap, with_entropy)
         logps_chunks.append(logps)
-        entropy_chunks.append(entropy.detach())
+        if entropy is not None:
+            entropy_chunks.append(entropy.detach())
     flat_logps = torch.zeros(batch * length, dtype=torch.float32, device=input_ids.device)
     if logps_chunks:
         flat_logps = flat_logps.index_put((selected,), torch.cat(logps_chunks))
