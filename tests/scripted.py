@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+from datasets import Dataset
+
 from sod_trainer.rollout.types import GenerationOutput
+
+# Two canned worlds shared by the trainer tests: "alpha" calls the tool once and answers right, "beta" makes a
+# NameError, retries, and answers wrong (the reference is 41).
+SCRIPTS = {
+    "alpha": ["Let me compute.\n```python\n1234 * 56\n```", "So \\boxed{69104}."],
+    "beta": ["```python\nprint(undefined)\n```", "```python\nprint(7 * 6)\n```", "\\boxed{42}"],
+}
+
+
+def reward(prompts, completions, answer, **kwargs):
+    return [1.0 if f"\\boxed{{{a}}}" in c else -1.0 for c, a in zip(completions, answer)]
+
+
+def dataset():
+    return Dataset.from_list([
+        {"prompt": [{"role": "user", "content": "alpha: 1234*56?"}], "answer": "69104"},
+        {"prompt": [{"role": "user", "content": "beta: 7*6?"}], "answer": "41"},
+    ])
 
 
 class ScriptedBackend:

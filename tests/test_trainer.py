@@ -6,29 +6,11 @@ import math
 
 import pytest
 import torch
-from datasets import Dataset
 
 from conftest import make_tiny_model
-from scripted import ScriptedBackend
+from scripted import SCRIPTS, ScriptedBackend, dataset, reward
 from sod_trainer import SODConfig, SODTrainer
 from sod_trainer.logprobs import naive_sampled_token_logprobs, sampled_token_logprobs
-
-SCRIPTS = {
-    "alpha": ["Let me compute.\n```python\n1234 * 56\n```", "So \\boxed{69104}."],
-    "beta": ["```python\nprint(undefined)\n```", "```python\nprint(7 * 6)\n```", "\\boxed{42}"],
-}
-
-
-def reward(prompts, completions, answer, **kwargs):
-    return [1.0 if f"\\boxed{{{a}}}" in c else -1.0 for c, a in zip(completions, answer)]
-
-
-def dataset():
-    return Dataset.from_list([
-        {"prompt": [{"role": "user", "content": "alpha: 1234*56?"}], "answer": "69104"},
-        {"prompt": [{"role": "user", "content": "beta: 7*6?"}], "answer": "41"},
-    ])
-
 
 def make_trainer(tokenizer, tmp_path, **overrides):
     student, teacher = make_tiny_model(tokenizer, seed=0), make_tiny_model(tokenizer, hidden=96, seed=1)
