@@ -24,6 +24,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from conftest import make_tiny_model  # noqa: E402  (the tests' one tiny-model builder)
+
 SCRIPTS = {
     "alpha": ["Let me compute.\n```python\n1234 * 56\n```", "So \\boxed{69104}."],
     "beta": ["```python\nprint(undefined)\n```", "```python\nprint(7 * 6)\n```", "\\boxed{42}"],
@@ -86,19 +88,6 @@ def reward(prompts, completions, answer, **kwargs):
     return [1.0 if f"\\boxed{{{a}}}" in c else -1.0 for c, a in zip(completions, answer)]
 
 
-def tiny_model(tokenizer, hidden: int, layers: int, seed: int):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    return Qwen3ForCausalLM(config)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", required=True, help="JSON file written by rank 0")
@@ -140,8 +129,8 @@ def main(argv=None) -> int:
         use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
         ddp_backend="gloo" if not torch.cuda.is_available() and world_size > 1 else None,
     )
-    student = tiny_model(tokenizer, hidden=64, layers=2, seed=0)
-    teacher = tiny_model(tokenizer, hidden=96, layers=2, seed=1)
+    student = make_tiny_model(tokenizer, hidden=64, layers=2, seed=0)
+    teacher = make_tiny_model(tokenizer, hidden=96, layers=2, seed=1)
     peft_config = None
     if args.lora:
         from peft import LoraConfig
