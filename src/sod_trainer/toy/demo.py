@@ -199,6 +199,16 @@ def _train(student, teacher, tokenizer, train_dataset, settings: DemoSettings, s
     }
 
 
+def _save(fig, path: Path) -> str:
+    """Lay out, write and close one figure; returns its file name for the report."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def _plots(report: dict, output_dir: Path) -> list[str]:
     try:
         import matplotlib
@@ -224,11 +234,7 @@ def _plots(report: dict, output_dir: Path) -> list[str]:
     axes[2].set(title="Loss", xlabel="SOD step")
     for ax in axes:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = output_dir / "training_curve.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    files.append(path.name)
+    files.append(_save(fig, output_dir / "training_curve.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     contexts = ["first", "after_clean", "after_error"]
@@ -247,11 +253,7 @@ def _plots(report: dict, output_dir: Path) -> list[str]:
         ax.set_title(title)
         ax.legend(fontsize=7)
     axes[0].set_yscale("log")
-    fig.tight_layout()
-    path = output_dir / "divergence.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    files.append(path.name)
+    files.append(_save(fig, output_dir / "divergence.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, run in runs.items():
@@ -267,11 +269,7 @@ def _plots(report: dict, output_dir: Path) -> list[str]:
     axes[1].set(title="Weight patterns (share of trajectories)", xlabel="SOD step", ylim=(0, 1))
     for ax in axes:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = output_dir / "weights.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    files.append(path.name)
+    files.append(_save(fig, output_dir / "weights.png"))
     return files
 
 
