@@ -32,12 +32,19 @@ def _can_run_unprivileged_namespaces() -> bool:
     probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                             "bwrap", "--unshare-user", "--unshare-pid", "--ro-bind", "/", "/", "true"],
                            capture_output=True)
-    return probe.returncode == 0
+    if probe.returncode != 0:
+        return False
+    # the trainer, run as nobody, imports sod_trainer from this checkout: it must be readable by others
+    # (a checkout in a 0700 directory, e.g. one made by mktemp -d, is not)
+    readable = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", SYSTEM_PYTHON,
+                               "-c", f"open({str(REPO_ROOT / 'src' / 'sod_trainer' / '__init__.py')!r}).read()"],
+                              capture_output=True)
+    return readable.returncode == 0
 
 
 pytestmark = pytest.mark.skipif(not _can_run_unprivileged_namespaces(),
-                                reason="needs root to switch to nobody, bwrap, setpriv, /usr/bin/python3 "
-                                       "and unprivileged user namespaces")
+                                reason="needs root to switch to nobody, bwrap, setpriv, /usr/bin/python3, "
+                                       "unprivileged user namespaces and a checkout readable by nobody")
 
 
 def test_unprivileged_trainer_is_isolated_by_a_user_namespace():
