@@ -2,8 +2,10 @@
 
 The model's decoder runs once over the whole batch (through the wrapped model, so DDP/DeepSpeed hooks
 fire); a forward hook captures its last hidden state, and the output head is applied to chunks of
-``chunk_size`` selected tokens at a time. With gradients, each chunk is checkpointed so that its
-logits are recomputed in the backward pass instead of being kept.
+``chunk_size`` selected tokens at a time. With gradients, no chunk's logits are kept for the backward
+pass: for a plain ``nn.Linear`` head (the usual case) a custom autograd function saves only the chunk's
+log-normalizer and recomputes the logits once in backward; any other head (soft-capped logits, a PEFT-wrapped
+or ZeRO-3-sharded head) is checkpointed and recomputed through ``torch.utils.checkpoint``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,67 @@ def _chunk_stats(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Mod
     probs = torch.softmax(logits, dim=-1)
     entropy = normalizer - (probs * logits).sum(-1)
     return logps, entropy
+
+
+class _LinearHeadLogProb(torch.autograd.Function):
+    """Sampled-token log-probs of one chunk through a linear head; backward recomputes only the logits.
+
+    Forward keeps ``hidden``, the head's parameters, the targets and the ``(n,)`` log-normalizer (plus, when
+    asked, the entropy, which is not differentiated). Backward rebuilds the ``(n, vocab)`` logits once and turns
+    them in place into ``d logp / d logits = onehot(target) - softmax`` (times the incoming gradient and
+    ``1 / temperature``): one vocabulary-sized block, as in the forward pass, and no log-sum-exp or softmax
+    re-run through autograd as ``torch.utils.checkpoint`` would.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, inv_temperature: float, with_entropy: bool):
+        raw = torch.nn.functional.linear(hidden, weight, bias)
+        ctx.compute_dtype = raw.dtype  # under autocast the head runs in bf16/fp16: backward does the same
+        logits = raw.to(torch.promote_types(raw.dtype, torch.float32))
+        del raw
+        if inv_temperature != 1.0:
+            logits = logits * inv_temperature
+        normalizer = torch.logsumexp(logits, dim=-1)
+        logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+        if with_entropy:
+            entropy = normalizer - (torch.exp(logits - normalizer.unsqueeze(-1)) * logits).sum(-1)
+        else:
+            entropy = normalizer.new_empty(0)
+        ctx.mark_non_differentiable(entropy)
+        ctx.save_for_backward(hidden, weight, bias, targets, normalizer)
+        ctx.inv_temperature = inv_temperature
+        return logps, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_entropy):
+        hidden, weight, bias, targets, normalizer = ctx.saved_tensors
+        scale, dtype = ctx.inv_temperature, ctx.compute_dtype
+        h, w = hidden.to(dtype), weight.to(dtype)
+        logits = torch.nn.functional.linear(h, w, None if bias is None else bias.to(dtype))
+        logits = logits.to(torch.promote_types(dtype, torch.float32))
+        if scale != 1.0:
+            logits.mul_(scale)
+        grad = grad_logps.to(logits.dtype).unsqueeze(-1)
+        grad_logits = logits.sub_(normalizer.unsqueeze(-1)).exp_().mul_(-grad)  # -g * softmax
+        grad_logits.scatter_add_(-1, targets.unsqueeze(-1), grad)  # + g at the sampled token
+        if scale != 1.0:
+            grad_logits.mul_(scale)
+        grad_logits = grad_logits.to(dtype)
+        grad_hidden = (grad_logits @ w).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_logits.t() @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_logits.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _plain_linear_head(head: torch.nn.Module, softcap: float | None) -> bool:
+    """Whether the custom autograd function applies: a plain, unsharded ``nn.Linear`` head, no soft-capping.
+
+    A ZeRO-3 shard (``ds_id``) or an FSDP2 ``DTensor`` is only whole inside the module's own forward, and a
+    PEFT-wrapped head is not an ``nn.Linear``: those go through ``torch.utils.checkpoint`` and ``head(...)``.
+    """
+    weight = getattr(head, "weight", None)
+    return (type(head) is torch.nn.Linear and not softcap and type(weight) is torch.nn.Parameter
+            and not hasattr(weight, "ds_id"))
 
 
 def completion_positions(completion_start: torch.Tensor, completion_length: int, sequence_length: int) -> torch.Tensor:
@@ -123,17 +186,23 @@ def sampled_token_logprobs(
     source = positions.reshape(-1).index_select(0, selected) - 1  # the position that predicts the token
     flat_hidden = hidden[rows, source]
     flat_targets = targets.reshape(-1).index_select(0, selected)
+    grad = torch.is_grad_enabled() and (flat_hidden.requires_grad
+                                        or any(p.requires_grad for p in head.parameters()))
+    fused_backward = grad and _plain_linear_head(head, softcap)
     logps_chunks, entropy_chunks = [], []
     for start in range(0, flat_targets.numel(), chunk_size):
         h = flat_hidden[start:start + chunk_size]
         t = flat_targets[start:start + chunk_size]
-        if torch.is_grad_enabled() and h.requires_grad:
+        if fused_backward:
+            logps, entropy = _LinearHeadLogProb.apply(h, head.weight, head.bias, t, 1.0 / temperature,
+                                                      with_entropy)
+        elif grad:
             logps, entropy = checkpoint(_chunk_stats, h, t, head, temperature, softcap, with_entropy,
                                         use_reentrant=False)
         else:
             logps, entropy = _chunk_stats(h, t, head, temperature, softcap, with_entropy)
         logps_chunks.append(logps)
-        if entropy is not None:
+        if with_entropy:
             entropy_chunks.append(entropy.detach())
     flat_logps = torch.zeros(batch * length, dtype=torch.float32, device=input_ids.device)
     if logps_chunks:
