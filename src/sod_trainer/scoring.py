@@ -2,6 +2,11 @@
 
 prompts → rollouts → rewards → group advantages → student (π_old) and teacher log-probs of the sampled
 tokens → step ids → d_k, w_k → combined per-token advantages, plus the diagnostics of §10.
+
+On-policy batches (``build(..., on_policy=True)``: each rollout batch feeds exactly one optimizer step, so
+π_old is the policy the loss differentiates) skip the separate student pass: the batch carries the teacher
+log-probs, step ids and sequence advantages, and the trainer's loss computes ``s_t``, d_k, w_k and the
+advantages from its own forward pass (:func:`weigh_steps`, the same function as here).
 """
 
 from __future__ import annotations
@@ -21,9 +26,35 @@ from .rollout.types import Trajectory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RolloutScorer", "ScoredBatch", "collate_trajectories"]
+__all__ = ["RolloutScorer", "ScoredBatch", "StepWeighting", "collate_trajectories", "weigh_steps"]
 
-TENSOR_KEYS = ("input_ids", "attention_mask", "completion_start", "loss_mask", "old_logps", "advantages")
+# (B, T) sequences; (B,) per-row values; everything else is (B, C) per completion token
+SEQUENCE_KEYS = ("input_ids", "attention_mask")
+ROW_KEYS = ("completion_start", "error_steps", "sequence_advantages", "nonfinite_rows")
+
+
+@dataclass
+class StepWeighting:
+    """d_k, w_k and the combined per-token advantages of a batch (SOD_SPEC §3–§5)."""
+
+    divergence: torch.Tensor  # (B, K)
+    valid: torch.Tensor  # (B, K): step k exists
+    weights_per_step: torch.Tensor  # (B, K)
+    advantages: torch.Tensor  # (B, C)
+
+
+def weigh_steps(args, old_logps: torch.Tensor, teacher_logps: torch.Tensor, step_ids: torch.Tensor,
+                error_steps: torch.Tensor, sequence_advantages: torch.Tensor) -> StepWeighting:
+    """Step divergences, step weights and per-token advantages from π_old's and the teacher's log-probs."""
+    divergence, valid = step_divergence(old_logps, teacher_logps, step_ids)
+    weights_per_step = step_weights(
+        divergence, valid, scheme=args.step_weighting, epsilon=args.sod_epsilon, delta=args.sod_delta,
+        error_steps=error_steps, decay=args.decay_rate,
+    )
+    weights = torch.gather(weights_per_step, 1, step_ids.clamp(min=0)) * (step_ids >= 0)
+    advantages = combined_advantages(sequence_advantages, old_logps, teacher_logps, weights,
+                                     grpo_coef=args.grpo_coef, opd_coef=args.opd_coef)
+    return StepWeighting(divergence, valid, weights_per_step, advantages)
 
 
 @dataclass
@@ -46,7 +77,7 @@ class ScoredBatch:
         size = rows // num_slices
         parts = []
         for index in range(num_slices):
-            part = {key: self.tensors[key][index * size:(index + 1) * size] for key in TENSOR_KEYS}
+            part = {key: value[index * size:(index + 1) * size] for key, value in self.tensors.items()}
             parts.append(_trim(part))
         windows = max(1, num_slices // max(1, accumulation_steps))
         per_window = num_slices // windows
@@ -66,12 +97,14 @@ class ScoredBatch:
 def _trim(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop padding columns that no row of this micro-batch uses."""
     length = int(part["attention_mask"].sum(1).max().item())
-    width = max(1, int((part["loss_mask"].any(0)).nonzero().max().item()) + 1) if part["loss_mask"].any() else 1
+    used = part.get("assistant_mask", part["loss_mask"])  # on-policy batches need every model token (for d_k)
+    width = max(1, int(used.any(0).nonzero().max().item()) + 1) if used.any() else 1
     part = dict(part)
-    part["input_ids"] = part["input_ids"][:, :length]
-    part["attention_mask"] = part["attention_mask"][:, :length]
-    for key in ("loss_mask", "old_logps", "advantages"):
-        part[key] = part[key][:, :width]
+    for key in part:
+        if key in SEQUENCE_KEYS:
+            part[key] = part[key][:, :length]
+        elif key not in ROW_KEYS:
+            part[key] = part[key][:, :width]
     return part
 
 
@@ -173,7 +206,8 @@ class RolloutScorer:
                                     tensors["completion_start"][sl], tensors["assistant_mask"][sl], **kwargs))
         return outputs
 
-    def build(self, rows, engine, student_logprobs) -> ScoredBatch:
+    def build(self, rows, engine, student_logprobs, on_policy: bool = False) -> ScoredBatch:
+        """Roll ``rows`` out and score them. ``on_policy``: leave π_old to the loss (see the module docstring)."""
         args = self.args
         device = self.accelerator.device
         environments, extras = engine.make_environments(rows)
@@ -189,49 +223,55 @@ class RolloutScorer:
 
         cpu = collate_trajectories(trajectories, self.tokenizer.pad_token_id)
         tensors = {key: value.to(device) for key, value in cpu.items()}
-        student = self._in_row_chunks(student_logprobs, tensors, with_entropy=True)
-        old_logps = torch.cat([logps for logps, _ in student])
-        entropy = torch.cat([ent for _, ent in student])
-        if self.teacher is None:  # plain GRPO: no distillation term, divergences are 0
-            teacher_logps = old_logps.clone()
-        else:
+        old_logps = entropy = None
+        if not on_policy:
+            student = self._in_row_chunks(student_logprobs, tensors, with_entropy=True)
+            old_logps = torch.cat([logps for logps, _ in student])
+            entropy = torch.cat([ent for _, ent in student])
+        if self.teacher is not None:
             teacher_logps = torch.cat(self._in_row_chunks(self.teacher.score, tensors)).to(device)
+        else:  # plain GRPO: no distillation term, divergences are 0
+            teacher_logps = None if on_policy else old_logps.clone()
 
         assistant_mask = tensors["assistant_mask"]
         step_ids = self.segmenter(tensors["completion_ids"], assistant_mask).to(device)
         error_steps = error_steps_for(trajectories, step_ids.cpu()).to(device)
-        divergence, valid = step_divergence(old_logps, teacher_logps, step_ids)
-        weights_per_step = step_weights(
-            divergence, valid, scheme=args.step_weighting, epsilon=args.sod_epsilon, delta=args.sod_delta,
-            error_steps=error_steps, decay=args.decay_rate,
-        )
-        weights = torch.gather(weights_per_step, 1, step_ids.clamp(min=0)) * (step_ids >= 0)
-        sequence_advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards == "group")
-        advantages = combined_advantages(
-            sequence_advantages.to(device), old_logps, teacher_logps, weights,
-            grpo_coef=args.grpo_coef, opd_coef=args.opd_coef,
-        )
+        sequence_advantages = group_advantages(rewards, args.num_generations,
+                                               scale=args.scale_rewards == "group").to(device)
         loss_mask = assistant_mask.clone()
         if args.mask_truncated_completions:
             truncated = torch.tensor([t.truncated for t in trajectories], device=device)
             loss_mask[truncated] = 0
-        nonfinite = ~(torch.isfinite(old_logps) & torch.isfinite(teacher_logps)) & loss_mask.bool()
-        bad_rows = nonfinite.any(1)
+        finite = torch.ones_like(loss_mask, dtype=torch.bool)
+        for logps in (old_logps, teacher_logps):
+            if logps is not None:
+                finite &= torch.isfinite(logps)
+        bad_rows = (~finite & loss_mask.bool()).any(1)
         if bad_rows.any():
             logger.warning("%d trajectories have non-finite log-probs; they are left out of the loss.",
                            int(bad_rows.sum()))
             loss_mask[bad_rows] = 0
-            advantages = torch.nan_to_num(advantages, nan=0.0, posinf=0.0, neginf=0.0)
-            old_logps = torch.nan_to_num(old_logps, nan=0.0, posinf=0.0, neginf=0.0)
 
-        batch_tensors = dict(
-            input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
-            completion_start=tensors["completion_start"], loss_mask=loss_mask, old_logps=old_logps,
-            advantages=advantages,
-        )
-        metrics = self._metrics(trajectories, rewards, reward_metrics, divergence, valid, weights_per_step,
-                                entropy, old_logps, teacher_logps, step_ids, assistant_mask, int(bad_rows.sum()))
-        samples = self._samples(trajectories, prompts, rewards, weights_per_step, valid, divergence)
+        batch_tensors = dict(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+                             completion_start=tensors["completion_start"], loss_mask=loss_mask)
+        metrics = self.rollout_metrics(trajectories, rewards, reward_metrics)
+        if on_policy:
+            batch_tensors.update(assistant_mask=assistant_mask, step_ids=step_ids, error_steps=error_steps,
+                                 sequence_advantages=sequence_advantages, nonfinite_rows=bad_rows)
+            if teacher_logps is not None:
+                batch_tensors["teacher_logps"] = torch.nan_to_num(teacher_logps, nan=0.0, posinf=0.0, neginf=0.0)
+            samples = self._samples(trajectories, prompts, rewards, None)
+        else:
+            weighting = weigh_steps(args, old_logps, teacher_logps, step_ids, error_steps, sequence_advantages)
+            advantages = weighting.advantages
+            if bad_rows.any():
+                advantages = torch.nan_to_num(advantages, nan=0.0, posinf=0.0, neginf=0.0)
+                old_logps = torch.nan_to_num(old_logps, nan=0.0, posinf=0.0, neginf=0.0)
+            batch_tensors.update(old_logps=old_logps, advantages=advantages)
+            mask = assistant_mask.bool()
+            metrics.update(self.student_metrics(weighting, entropy[mask], (old_logps - teacher_logps)[mask],
+                                                int(bad_rows.sum())))
+            samples = self._samples(trajectories, prompts, rewards, weighting)
         reduce_sum = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
         return ScoredBatch(batch_tensors, metrics, samples, trajectories, reduce_sum=reduce_sum,
                            loss_type=args.loss_type)
@@ -242,11 +282,9 @@ class RolloutScorer:
         total = self.accelerator.reduce(tensor, reduction="sum")
         return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
-    def _metrics(self, trajectories, rewards, reward_metrics, divergence, valid, weights_per_step, entropy,
-                 old_logps, teacher_logps, step_ids, assistant_mask, nonfinite_rows) -> dict[str, float]:
-        args = self.args
+    def rollout_metrics(self, trajectories, rewards, reward_metrics) -> dict[str, float]:
+        """Rewards, lengths and tool statistics: everything that does not need the student's log-probs."""
         mean = self._gather_mean
-        mask = assistant_mask.bool()
         metrics = {
             "reward": mean(rewards.tolist()),
             "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
@@ -260,15 +298,27 @@ class RolloutScorer:
             "tools/timeouts_per_trajectory": mean([sum(bool(turn.metadata.get("timed_out")) for turn in t.turns)
                                                    for t in trajectories]),
             "tools/error_trajectory_ratio": mean([float(t.num_tool_errors > 0) for t in trajectories]),
-            "steps_per_trajectory": mean(valid.sum(1).tolist()),
-            "entropy": mean(entropy[mask].tolist()) if mask.any() else float("nan"),
-            "opd/reverse_kl": mean((old_logps - teacher_logps)[mask].tolist()) if mask.any() else float("nan"),
-            "weights/mean": mean(weights_per_step[valid].tolist()),
-            "weights/min": float(self.accelerator.gather(  # accelerate's reduce has no "min"
-                weights_per_step.masked_fill(~valid, math.inf).min().reshape(1)).min().item()),
-            "nonfinite_logprob_trajectories": float(nonfinite_rows),
         }
         metrics.update(reward_metrics)
+        return metrics
+
+    def student_metrics(self, weighting: StepWeighting, entropy: torch.Tensor, reverse_kl: torch.Tensor,
+                        nonfinite_rows: int) -> dict[str, float]:
+        """SOD_SPEC §10 diagnostics of a whole rollout batch: entropy and reverse KL over model tokens,
+        d_k and w_k per step, weight patterns. Collective (every process calls it once per batch)."""
+        args = self.args
+        mean = self._gather_mean
+        divergence, valid, weights_per_step = weighting.divergence, weighting.valid, weighting.weights_per_step
+        metrics = {
+            "steps_per_trajectory": mean(valid.sum(1).tolist()),
+            "entropy": mean(entropy.tolist()) if entropy.numel() else float("nan"),
+            "opd/reverse_kl": mean(reverse_kl.tolist()) if reverse_kl.numel() else float("nan"),
+            "weights/mean": mean(weights_per_step[valid].tolist()),
+            "weights/min": float(self.accelerator.gather(  # accelerate's reduce has no "min"
+                weights_per_step.masked_fill(~valid, math.inf).min().reshape(1).to(self.accelerator.device)
+            ).min().item()),
+            "nonfinite_logprob_trajectories": float(nonfinite_rows),
+        }
         for k, value in enumerate(per_step_means(divergence, valid, args.log_step_indices)):
             metrics[f"divergence/step_{k + 1}"] = value
         for k, value in enumerate(per_step_means(weights_per_step, valid, args.log_step_indices)):
@@ -278,7 +328,7 @@ class RolloutScorer:
             metrics[f"patterns/{pattern}"] = mean([float(label == pattern) for label in labels])
         return metrics
 
-    def _samples(self, trajectories, prompts, rewards, weights_per_step, valid, divergence) -> list[dict[str, Any]]:
+    def _samples(self, trajectories, prompts, rewards, weighting: StepWeighting | None) -> list[dict[str, Any]]:
         samples = []
         for row, trajectory in enumerate(trajectories[: max(1, self.args.num_completions_to_print or 1)]):
             segments = []
@@ -294,8 +344,17 @@ class RolloutScorer:
                 "prompt": self.tokenizer.decode(trajectory.prompt_ids),
                 "segments": segments,
                 "reward": float(rewards[row]),
-                "weights": weights_per_step[row][valid[row]].tolist(),
-                "divergence": divergence[row][valid[row]].tolist(),
+                "weights": [], "divergence": [],  # filled by fill_samples (on-policy: after the loss)
                 "stop_reason": trajectory.stop_reason,
             })
+        if weighting is not None:
+            fill_samples(samples, weighting)
         return samples
+
+
+def fill_samples(samples: list[dict[str, Any]], weighting: StepWeighting) -> None:
+    """Put each printed sample's step weights and divergences in (rows in batch order)."""
+    valid = weighting.valid
+    for row, sample in enumerate(samples[: valid.shape[0]]):
+        sample["weights"] = weighting.weights_per_step[row][valid[row]].tolist()
+        sample["divergence"] = weighting.divergence[row][valid[row]].tolist()

@@ -26,7 +26,8 @@ from .environments import PythonSandbox, PythonToolEnvironment, SandboxConfig, T
 from .interrupt import InterruptCallback, InterruptHandler, TrainingInterrupted
 from .logprobs import sampled_token_logprobs
 from .rollout import HFGenerationBackend, RolloutEngine, ToolResponseFormatter
-from .scoring import RolloutScorer, ScoredBatch
+from .on_policy import OnPolicyWeighting, is_on_policy
+from .scoring import RolloutScorer, ScoredBatch, fill_samples
 from .segmenters import StepSegmenter, get_segmenter
 from .teacher import LocalTeacher, check_vocabularies
 from .validation import check_chat_template, validate_prompts
@@ -155,6 +156,9 @@ class SODTrainer(Trainer):
         self._buffered_inputs: list[dict[str, Any]] | None = None
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._last_samples: list[dict[str, Any]] = []
+        # π_old from the loss's own forward pass when each rollout batch feeds one optimizer step (on_policy.py)
+        self._on_policy = is_on_policy(args)
+        self._on_policy_weighting = OnPolicyWeighting(args)
 
         if teacher_model is not None:
             teacher_model.eval()
@@ -261,11 +265,13 @@ class SODTrainer(Trainer):
     def _prepare_inputs(self, generation_batch: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
         if mode == "eval":
+            self._on_policy_weighting.start_batch(1)
             return self._generate_and_score(generation_batch, mode).slices(1)[0]
         generate_every = self.args.steps_per_generation * self.args.num_iterations
         if self._step % generate_every == 0 or self._buffered_inputs is None:
             batch = self._generate_and_score(generation_batch, mode)
             self._buffered_inputs = batch.slices(self.args.steps_per_generation, self.args.gradient_accumulation_steps)
+            self._on_policy_weighting.start_batch(len(self._buffered_inputs) - self._step % generate_every)
         inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
         self._step += 1
         return inputs
@@ -273,10 +279,8 @@ class SODTrainer(Trainer):
     def _generate_and_score(self, rows: list[dict[str, Any]], mode: str) -> ScoredBatch:
         was_training = self.model.training
         with torch.no_grad():
-            batch = self.scorer.build(
-                rows, self.rollout_engine,
-                student_logprobs=self._student_logprobs,
-            )
+            batch = self.scorer.build(rows, self.rollout_engine, student_logprobs=self._student_logprobs,
+                                      on_policy=self._on_policy)
         self.model.train(was_training)
         for key, value in batch.metrics.items():
             self._metrics[mode][key].append(value)
@@ -296,11 +300,23 @@ class SODTrainer(Trainer):
         from .objective import clipped_surrogate_loss
 
         args = self.args
+        mode = "train" if model.training else "eval"
         loss_mask = inputs["loss_mask"]
-        logps, _ = sampled_token_logprobs(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_start"], loss_mask,
-            temperature=args.temperature, chunk_size=args.logprob_chunk_size,
-        )
+        if "sequence_advantages" in inputs:  # on-policy batch: π_old is this forward pass (on_policy.py)
+            logps, entropy = sampled_token_logprobs(
+                model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_start"],
+                inputs["assistant_mask"], temperature=args.temperature, chunk_size=args.logprob_chunk_size,
+                with_entropy=True,
+            )
+            old_logps, advantages, loss_mask = self._on_policy_weighting.terms(logps, entropy, inputs)
+            if self._on_policy_weighting.batch_complete():
+                self._log_on_policy_metrics(mode)
+        else:
+            logps, _ = sampled_token_logprobs(
+                model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_start"], loss_mask,
+                temperature=args.temperature, chunk_size=args.logprob_chunk_size,
+            )
+            old_logps, advantages = inputs["old_logps"], inputs["advantages"]
         if args.loss_type == "grpo":
             # mean over each sequence's tokens, then a sum over sequences / global number of sequences
             per_sequence = loss_mask.sum(1, keepdim=True).clamp(min=1)
@@ -309,11 +325,10 @@ class SODTrainer(Trainer):
             token_scale = loss_mask.to(logps.dtype)
         normalizer = inputs["normalizer"] / self.accelerator.num_processes  # DDP averages gradients
         loss, stats = clipped_surrogate_loss(
-            logps, inputs["old_logps"], inputs["advantages"], token_scale,
+            logps, old_logps, advantages, token_scale,
             epsilon_low=args.epsilon, epsilon_high=args.epsilon_high, dual_clip=args.dual_clip,
             normalizer=normalizer,
         )
-        mode = "train" if model.training else "eval"
         mask = loss_mask.bool()
         total = mask.sum().clamp(min=1)
         for name, key in (("clipped_low", "low"), ("clipped_high", "high"), ("dual_clipped", "dual")):
@@ -327,6 +342,13 @@ class SODTrainer(Trainer):
             self._skip_update = True
             loss = (logps * 0.0).sum()
         return loss
+
+    def _log_on_policy_metrics(self, mode: str) -> None:
+        """The §10 diagnostics of an on-policy rollout batch, once its last micro-batch has been through the loss."""
+        weighting, entropy, reverse_kl, nonfinite = self._on_policy_weighting.collected()
+        for key, value in self.scorer.student_metrics(weighting, entropy, reverse_kl, nonfinite).items():
+            self._metrics[mode][key].append(value)
+        fill_samples(self._last_samples, weighting)
 
     def create_optimizer(self, model=None):
         """The optimizer, with a guard that skips a step in which any micro-batch had a non-finite loss."""
