@@ -2,13 +2,15 @@
 
 Compares, for N scored tokens (8 rows of N/8 completion tokens):
   naive     sod_trainer.logprobs.naive_sampled_token_logprobs: full logits + full log_softmax
-  chunked   sod_trainer.logprobs.sampled_token_logprobs (the library's path, chunk_size=1024)
-  proto     benchmarks/prototypes.fast_sampled_token_logprobs (entropy only when asked, custom backward)
+  chunked   sod_trainer.logprobs.sampled_token_logprobs (the library's path, chunk_size=1024: for a plain
+            linear head a custom autograd function that recomputes only the logits in backward)
+  ckpt      the same with the custom function turned off: every chunk through torch.utils.checkpoint (the
+            library's path for soft-capped, PEFT-wrapped or ZeRO-3-sharded heads)
 in two modes: ``score`` (no grad: the teacher / π_old pass; the library asks the student pass for the
 entropy, so ``chunked+entropy`` is measured too) and ``train`` (forward + backward of the log-probs).
 
 The "seconds" column is one wall-clock run per point (context only); speed is compared separately, chunked vs
-prototype interleaved in one process on CPU time (1024 tokens, 3-5 rounds). Each memory measurement runs
+checkpointed interleaved in one process on CPU time (1024 tokens, 3-5 rounds). Each memory measurement runs
 in a fresh subprocess: the extra peak RSS is ``ru_maxrss`` after the call minus the
 RSS just before it (model, inputs and a warm-up on 8 tokens already resident), cross-checked by a 0.5 ms
 RSS sampler. The model is a one-layer Qwen3 with tied embeddings, vocab 151,936 and hidden 256: the hidden
@@ -48,8 +50,8 @@ def child(variant: str, mode: str, tokens: int) -> dict:
 
     from sod_trainer.logprobs import naive_sampled_token_logprobs, sampled_token_logprobs
 
-    from prototypes import fast_sampled_token_logprobs
-
+    if variant.startswith("ckpt"):
+        checkpoint_every_chunk()
     torch.manual_seed(0)
     config = Qwen3Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=8192,
@@ -66,8 +68,7 @@ def child(variant: str, mode: str, tokens: int) -> dict:
     def call(ids, attention, start, mask):
         if variant == "naive":
             return naive_sampled_token_logprobs(model, ids, attention, start, mask.shape[1])
-        function = fast_sampled_token_logprobs if variant.startswith("proto") else sampled_token_logprobs
-        logps, _ = function(model, ids, attention, start, mask, chunk_size=1024,
+        logps, _ = sampled_token_logprobs(model, ids, attention, start, mask, chunk_size=1024,
                             with_entropy=variant.endswith("+entropy"))
         return logps
 
@@ -96,15 +97,22 @@ def child(variant: str, mode: str, tokens: int) -> dict:
             "full_logits_fp32_mib": C.mib(tokens * VOCAB * 4)}
 
 
+def checkpoint_every_chunk(enabled: bool = True) -> None:
+    """Route every chunk through ``torch.utils.checkpoint`` (the library's fallback path) instead of the
+    custom autograd function."""
+    import sod_trainer.logprobs as logprobs
+
+    original = getattr(logprobs, "_original_plain_linear_head", logprobs._plain_linear_head)
+    logprobs._original_plain_linear_head = original
+    logprobs._plain_linear_head = (lambda head, softcap: False) if enabled else original
+
+
 def timing(tokens: int, rounds: int) -> dict:
-    """CPU time of the library's chunked path vs the prototype, interleaved in this process: ``teacher`` (no
-    grad, no entropy: teacher scoring), ``score`` (no grad with the entropy: the student's π_old pass) and
-    ``train`` (forward + backward, no entropy: the loss)."""
+    """CPU time of forward + backward of the log-probs (the loss's pass): the custom autograd function vs
+    every chunk checkpointed, interleaved in this process. (Without grad both run the same code.)"""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from sod_trainer.logprobs import sampled_token_logprobs
-
-    from prototypes import fast_sampled_token_logprobs
 
     torch.manual_seed(0)
     config = Qwen3Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=1,
@@ -115,27 +123,23 @@ def timing(tokens: int, rounds: int) -> dict:
     ids = torch.randint(0, VOCAB, (ROWS, length + 1))
     batch = (ids, torch.ones_like(ids), torch.ones(ROWS, dtype=torch.long), torch.ones(ROWS, length, dtype=torch.bool))
 
-    def variant(function, mode):
+    def variant(checkpointed: bool):
         def run():
+            checkpoint_every_chunk(checkpointed)
             start = time.process_time()
-            if mode in ("score", "teacher"):
-                with torch.no_grad():
-                    function(model, *batch, chunk_size=1024, with_entropy=mode == "score")
-            else:
-                logps, _ = function(model, *batch, chunk_size=1024)
-                logps.sum().backward()
-                model.zero_grad(set_to_none=True)
-            return time.process_time() - start
+            logps, _ = sampled_token_logprobs(model, *batch, chunk_size=1024)
+            logps.sum().backward()
+            model.zero_grad(set_to_none=True)
+            elapsed = time.process_time() - start
+            checkpoint_every_chunk(False)
+            return elapsed
         return run
 
-    out = {}
-    for mode in ("teacher", "score", "train"):
-        times = C.interleave({"chunked": variant(sampled_token_logprobs, mode),
-                              "proto": variant(fast_sampled_token_logprobs, mode)}, rounds, log=None)
-        out[mode] = {"cpu_s": times, "proto_over_chunked": C.paired_ratios(times["proto"], times["chunked"])}
-        print(f"  timing {mode} N={tokens}: chunked {statistics.median(times['chunked']):.2f} s, proto "
-              f"{statistics.median(times['proto']):.2f} s CPU, ratio "
-              f"{out[mode]['proto_over_chunked']['median_of_paired_ratios']:.2f}")
+    times = C.interleave({"chunked": variant(False), "ckpt": variant(True)}, rounds, log=None)
+    out = {"train": {"cpu_s": times, "chunked_over_ckpt": C.paired_ratios(times["chunked"], times["ckpt"])}}
+    print(f"  timing train N={tokens}: custom function {statistics.median(times['chunked']):.2f} s, checkpointed "
+          f"{statistics.median(times['ckpt']):.2f} s CPU, ratio "
+          f"{out['train']['chunked_over_ckpt']['median_of_paired_ratios']:.2f}")
     return out
 
 
@@ -178,8 +182,8 @@ def main():
                     "train": [512, 1024] if options.quick else [512, 1024, 2048]}
     measurements = []
     for mode in ("score", "train"):
-        chunked = ["chunked", "proto"] + (["chunked+entropy", "proto+entropy"]
-                                          if mode == "score" and not options.quick else [])
+        chunked = (["chunked", "chunked+entropy"] if mode == "score" and not options.quick
+                   else ["chunked"] if mode == "score" else ["chunked", "ckpt"])
         chunk_tokens = [target_tokens] if options.quick or mode == "score" else [2048, target_tokens]
         for tokens in naive_tokens[mode]:
             measurements.append(measure("naive", mode, tokens))

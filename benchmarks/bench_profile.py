@@ -20,8 +20,9 @@ vocab 2048. Every step is split into
 "Non-model overhead" (the issue's target, <= 10 %) is "everything else". For context the decoder-only
 forward time outside generation is measured with module hooks; the rest of the scoring and loss buckets is
 the output head, the log-prob math, the loss and its metrics.
-Runs the library's ``SODTrainer`` and the prototype ``FusedSODTrainer`` (benchmarks/prototypes.py), one
-after the other, and prints the top functions of "everything else" from cProfile.
+Runs the library's ``SODTrainer`` as configured (on-policy: π_old from the loss's own forward pass) and, for
+comparison, the same with the separate π_old pass forced on (``two_pass``), one after the other; with
+``--cprofile`` it prints the top functions by own time.
 
     python benchmarks/bench_profile.py --quick   # under a minute
     python benchmarks/bench_profile.py           # about a minute
@@ -42,7 +43,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
-import torch  # noqa: E402
 
 TARGET = 0.10
 BUCKETS = ("generation", "tools", "teacher scoring", "student pi_old", "student forward", "backward", "grad clip",
@@ -176,14 +176,13 @@ def build(kind: str, tok, student, teacher, dataset, output_dir: str, steps: int
 
     from sod_trainer import SODConfig, SODTrainer
 
-    from prototypes import FusedSODTrainer
-
     args = SODConfig(output_dir=output_dir, per_device_train_batch_size=16, num_generations=4, max_steps=steps,
                      learning_rate=1e-5, report_to=[], use_cpu=True, save_strategy="no", seed=0, logging_steps=1,
                      disable_tqdm=True, max_completion_length=512, max_tool_calling_iterations=8)
-    cls = FusedSODTrainer if kind == "fused" else SODTrainer
-    trainer = cls(model=copy.deepcopy(student), teacher_model=copy.deepcopy(teacher), args=args,
-                  train_dataset=dataset, processing_class=tok, reward_funcs=[C.constant_reward])
+    trainer = SODTrainer(model=copy.deepcopy(student), teacher_model=copy.deepcopy(teacher), args=args,
+                         train_dataset=dataset, processing_class=tok, reward_funcs=[C.constant_reward])
+    if kind == "two_pass":
+        trainer._on_policy = False  # the separate no-grad π_old pass before the loss
     backend = trainer.rollout_engine.backend
     backend.generation_kwargs["logits_processor"] = C.ForcedScript(tok, scripts).attach(trainer.model)
     return trainer
@@ -236,7 +235,7 @@ def main():
     rows, scripts = C.make_scripts(tok, 64)
     dataset = Dataset.from_list(rows)
     results = {}
-    for kind in ("library", "fused"):
+    for kind in ("library", "two_pass"):
         print(f"profiling {kind} ({steps} steps after a warm-up step)...")
         results[kind] = profile(kind, steps, tok, student, teacher, dataset, scripts, options.cprofile)
     table_rows = []
@@ -246,7 +245,7 @@ def main():
             row += [f"{results[kind]['median_s'][bucket]:.3f}", f"{results[kind]['share'][bucket]:.1%}"]
         table_rows.append(row)
     print()
-    print(C.table(table_rows, ["bucket", "library s", "library share", "fused proto s", "fused share"]))
+    print(C.table(table_rows, ["bucket", "library s", "library share", "two-pass s", "two-pass share"]))
     for kind in results:
         share = results[kind]["share"]["everything else"]
         print(f"{kind}: non-model overhead ('everything else') {share:.1%} of a step (target <= {TARGET:.0%}); "

@@ -7,11 +7,10 @@ one micro-batch per optimizer step. The trainers are stepped in one process, int
 (order rotated every round); peak memory is measured in one subprocess per trainer.
 
 Variants:
-  sod_opd          SODTrainer, grpo_coef=0 (pure step-weighted distillation)    vs  trl_distillation (beta=1, reverse KL)
-  sod_opd_lean     the same with prototype fix 1 only (lean chunked log-probs)
-  sod_opd_fused    the same with prototype fixes 1 and 2 (lean log-probs, no separate π_old pass)
-  sod              SODTrainer defaults (GRPO + step-weighted OPD)               vs  trl_grpo (same generations per prompt)
-  sod_fused        the same with the prototype fixes
+  sod_opd           SODTrainer, grpo_coef=0 (pure step-weighted distillation)   vs  trl_distillation (beta=1, reverse KL)
+  sod_opd_two_pass  the same with the separate π_old pass forced on (what the library did before the on-policy
+                    path; shows what that pass costs)
+  sod               SODTrainer defaults (GRPO + step-weighted OPD)              vs  trl_grpo (same generations per prompt)
 
     python benchmarks/bench_vs_trl.py            # full: vocab 2048 and 32768, 20 rounds, memory (about 10 min)
     python benchmarks/bench_vs_trl.py --quick    # vocab 2048, 10 rounds, memory (about 2 minutes)
@@ -33,10 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 import torch  # noqa: E402
 
-VARIANTS = ("sod_opd", "sod_opd_lean", "sod_opd_fused", "trl_distillation", "sod", "sod_fused", "trl_grpo")
-BASELINE = {"sod_opd": "trl_distillation", "sod_opd_lean": "trl_distillation", "sod_opd_fused": "trl_distillation",
-            "sod": "trl_grpo", "sod_fused": "trl_grpo"}
-TARGET = {"sod_opd": 0.8, "sod_opd_lean": 0.8, "sod_opd_fused": 0.8}
+VARIANTS = ("sod_opd", "sod_opd_two_pass", "trl_distillation", "sod", "trl_grpo")
+BASELINE = {"sod_opd": "trl_distillation", "sod_opd_two_pass": "trl_distillation", "sod": "trl_grpo"}
+TARGET = {"sod_opd": 0.8}
 
 
 def build(kind: str, config: dict, student, teacher, tok, dataset, output_dir: str):
@@ -50,19 +48,16 @@ def build(kind: str, config: dict, student, teacher, tok, dataset, output_dir: s
     if kind.startswith("sod"):
         from sod_trainer import SODConfig, SODTrainer
 
-        from prototypes import FusedSODTrainer
-
         pure = kind.startswith("sod_opd")
         args = SODConfig(num_generations=config["num_generations"], grpo_coef=0.0 if pure else 1.0,
                          max_tool_calling_iterations=1, **common)
         kwargs = dict(model=student, teacher_model=copy.deepcopy(teacher), args=args, train_dataset=dataset,
                       processing_class=tok, environment_factory=C.NoToolEnvironment,
                       reward_funcs=None if pure else [C.constant_reward])
-        if kind.endswith("_fused"):
-            return FusedSODTrainer(**kwargs)
-        if kind.endswith("_lean"):  # only the lean log-probs, π_old pass kept
-            return FusedSODTrainer(fuse_old_logps=False, **kwargs)
-        return SODTrainer(**kwargs)
+        trainer = SODTrainer(**kwargs)
+        if kind.endswith("_two_pass"):
+            trainer._on_policy = False  # the separate no-grad π_old pass before the loss
+        return trainer
     if kind == "trl_distillation":
         from trl import DistillationConfig, DistillationTrainer
 
@@ -184,14 +179,11 @@ def run_config(config: dict, rounds: int, variants: tuple[str, ...], memory: boo
     trainers = {kind: build(kind, config, student, teacher, tok, dataset, f"{tmp.name}/{kind}") for kind in variants}
 
     checks = {}
-    from prototypes import gradients_match
-
-    for fused, plain in (("sod_opd_lean", "sod_opd"), ("sod_opd_fused", "sod_opd"), ("sod_fused", "sod")):
-        if fused in trainers and plain in trainers:
-            rows = [row for row in C.prompt_rows(config["trajectories"] // config["num_generations"], seed=7)
-                    for _ in range(config["num_generations"])]
-            checks[fused] = gradients_match(trainers[plain], trainers[fused], rows)
-            print(f"  gradient check {fused} vs {plain}: {checks[fused]}")
+    if "sod_opd" in trainers and "sod_opd_two_pass" in trainers:  # one-pass and two-pass: the same gradient
+        rows = [row for row in C.prompt_rows(config["trajectories"] // config["num_generations"], seed=7)
+                for _ in range(config["num_generations"])]
+        checks["sod_opd"] = C.gradients_match(trainers["sod_opd_two_pass"], trainers["sod_opd"], rows)
+        print(f"  gradient check sod_opd (one pass) vs sod_opd_two_pass: {checks['sod_opd']}")
 
     steppers = {kind: C.ManualStepper(trainer) for kind, trainer in trainers.items()}
     generation_cpu = {kind: [] for kind in trainers}

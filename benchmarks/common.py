@@ -441,3 +441,55 @@ def make_scripts(tok, n: int) -> tuple[list[dict], dict[int, list[list[int]]]]:
         scripts[i] = [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in turns]
         rows.append({"prompt": [{"role": "user", "content": f"Problem {i}: what is {a} * {b}?"}]})
     return rows, scripts
+
+
+def gradients_match(reference, candidate, rows: list[dict[str, Any]],
+                    atol: float = 1e-6) -> dict[str, float]:
+    """Loss and gradients of one rollout batch, ``reference`` vs ``candidate`` trainer, on the same trajectories.
+
+    The candidate's models must start equal to the reference's. The reference's rollout is replayed for
+    the candidate (its backend returns the same token ids), so both losses see identical batches.
+    """
+    from sod_trainer.rollout.types import GenerationOutput
+
+    recorded: list[list[GenerationOutput]] = []
+    backend = reference.rollout_engine.backend
+    original = backend.generate
+
+    def record(contexts, budgets, stops=()):
+        outputs = original(contexts, budgets, stops)
+        recorded.append(outputs)
+        return outputs
+
+    class Replay:
+        eos_token_ids = getattr(backend, "eos_token_ids", set())
+
+        def generate(self, contexts, budgets, stops=()):
+            return recorded.pop(0)
+
+    backend.generate = record
+    results = {}
+    try:
+        grads = []
+        for trainer in (reference, candidate):
+            if trainer is candidate:
+                saved = trainer.rollout_engine.backend
+                trainer.rollout_engine.backend = Replay()
+            trainer.model.train()
+            trainer._step = 0
+            trainer._buffered_inputs = None
+            inputs = trainer._prepare_inputs(list(rows))
+            trainer.model.zero_grad(set_to_none=True)
+            loss = trainer.compute_loss(trainer.model, inputs)
+            loss.backward()
+            grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+            results[f"loss_{'reference' if trainer is reference else 'candidate'}"] = float(loss)
+            trainer.model.zero_grad(set_to_none=True)
+            if trainer is candidate:
+                trainer.rollout_engine.backend = saved
+    finally:
+        backend.generate = original
+    difference = (grads[0] - grads[1]).abs().max().item()
+    results.update(max_abs_grad_difference=difference, grad_norm=float(grads[0].norm()),
+                   match=bool(difference <= atol + 1e-4 * grads[0].abs().max().item()))
+    return results
