@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -43,7 +43,9 @@ class HFGenerationBackend:
     """Samples with ``model.generate`` on left-padded contexts.
 
     ``model_context`` returns a context manager yielding the model to generate with (e.g. TRL's
-    ``unwrap_model_for_generation``, which gathers ZeRO-3 shards).
+    ``unwrap_model_for_generation``, which gathers ZeRO-3 shards). Generation runs under
+    ``torch.inference_mode`` (about 7 % faster than ``no_grad`` for a small model on CPU; only token ids leave
+    it), except with ``gather_when_empty`` (ZeRO-3), whose parameter gathers stay under ``no_grad``.
     """
 
     def __init__(
@@ -76,10 +78,13 @@ class HFGenerationBackend:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    @torch.no_grad()
     def generate(
         self, contexts: list[list[int]], max_new_tokens: list[int], stop_strings: Sequence[str] = ()
     ) -> list[GenerationOutput]:
+        with torch.no_grad() if self.gather_when_empty else torch.inference_mode():
+            return self._generate(contexts, max_new_tokens, stop_strings)
+
+    def _generate(self, contexts, max_new_tokens, stop_strings) -> list[GenerationOutput]:
         dummy = False
         if not contexts:
             if not self.gather_when_empty:
