@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
@@ -10,6 +11,8 @@ from transformers import TrainingArguments
 from .objective import STEP_WEIGHTING_SCHEMES
 
 __all__ = ["SODConfig"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -242,13 +245,24 @@ class SODConfig(TrainingArguments):
         self._check()
 
     def _check(self) -> None:
+        """Reject contradictory or out-of-range values at construction: each message names the field, the value
+        and a fix (see docs/troubleshooting.md, "Bad inputs and what you see")."""
+
         def fail(message: str):
             raise ValueError(message)
 
-        if self.step_weighting not in STEP_WEIGHTING_SCHEMES:
-            fail(f"step_weighting={self.step_weighting!r} is not one of {STEP_WEIGHTING_SCHEMES}.")
+        for name in _OWN_FIELDS:  # the `choices` of SODConfig's own fields (the CLI enforces them too)
+            choices = type(self).__dataclass_fields__[name].metadata.get("choices")
+            if choices is not None and getattr(self, name) not in choices:
+                fail(f"{name}={getattr(self, name)!r} is not one of {tuple(choices)}; pick one of them.")
         if self.num_generations < 1:
             fail(f"num_generations must be >= 1, got {self.num_generations}.")
+        if self.num_generations < 2 and self.grpo_coef != 0:
+            fail(
+                f"num_generations={self.num_generations} with grpo_coef={self.grpo_coef}: the GRPO term compares "
+                "the samples of one prompt, so it needs at least 2 (as TRL's GRPO does). Set num_generations >= 2 "
+                "(paper: 16), or grpo_coef=0 for pure step-weighted distillation."
+            )
         per_process = self.per_device_train_batch_size * self.steps_per_generation
         if self.generation_batch_size != per_process * self.world_size:
             fail(
@@ -267,25 +281,72 @@ class SODConfig(TrainingArguments):
         if self.steps_per_generation % self.gradient_accumulation_steps:
             fail(
                 f"steps_per_generation={self.steps_per_generation} must be a multiple of "
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps}."
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} (a rollout batch feeds whole "
+                f"optimizer steps); e.g. steps_per_generation={self.gradient_accumulation_steps}."
             )
+        if self.num_iterations < 1:
+            fail(f"num_iterations must be >= 1 (passes over each rollout batch; paper: 1), got {self.num_iterations}.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            fail(f"max_prompt_length must be >= 1 token, or None for no limit; got {self.max_prompt_length}.")
         if self.max_completion_length < 1:
             fail(f"max_completion_length must be >= 1, got {self.max_completion_length}.")
         if self.max_tool_calling_iterations < 1:
             fail(f"max_tool_calling_iterations must be >= 1, got {self.max_tool_calling_iterations}.")
         if self.temperature <= 0:
             fail(f"temperature must be > 0, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            fail(f"top_p must be in (0, 1] (1.0 disables nucleus sampling), got {self.top_p}.")
+        if self.top_k < 0:
+            fail(f"top_k must be >= 0 (0 disables top-k sampling), got {self.top_k}.")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            fail(f"min_p must be in [0, 1], or None to disable it; got {self.min_p}.")
+        if self.repetition_penalty <= 0:
+            fail(f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty}.")
         if self.sod_epsilon <= 0:
             fail(f"sod_epsilon must be > 0, got {self.sod_epsilon}.")
+        if self.sod_delta < 0:
+            fail(f"sod_delta must be >= 0 (step weights are capped at 1 + sod_delta; paper: 0.2), "
+                 f"got {self.sod_delta}.")
+        if not 0 <= self.decay_rate <= 1:
+            fail(f"decay_rate must be in [0, 1] (the 'decay' scheme's factor per step after an error; default 0.9), "
+                 f"got {self.decay_rate}.")
+        if self.opd_coef < 0 or self.grpo_coef < 0:
+            fail(f"opd_coef and grpo_coef must be >= 0 (got opd_coef={self.opd_coef}, grpo_coef={self.grpo_coef}); "
+                 "use 0 to switch a term off.")
+        if self.opd_coef == 0 and self.grpo_coef == 0:
+            fail("opd_coef and grpo_coef are both 0: there is nothing to learn from. Set opd_coef=1 (distillation), "
+                 "grpo_coef=1 (rewards), or both (the paper's recipe).")
+        if self.epsilon < 0 or self.epsilon_high < 0:
+            fail(f"epsilon and epsilon_high must be >= 0 (PPO clip range [1 - epsilon, 1 + epsilon_high]; paper: 0.2 "
+                 f"and 0.28), got epsilon={self.epsilon}, epsilon_high={self.epsilon_high}.")
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             fail(f"dual_clip must be > 1 (paper: 3.0) or None, got {self.dual_clip}.")
-        if self.vllm_mode not in ("colocate", "server"):
-            fail(f"vllm_mode={self.vllm_mode!r}; choose 'colocate' or 'server'.")
-        if self.prompt_truncation not in ("error", "left"):
-            fail(f"prompt_truncation={self.prompt_truncation!r}; choose 'error' or 'left'.")
-        if self.loss_type not in ("dapo", "grpo"):
-            fail(f"loss_type={self.loss_type!r}; choose 'dapo' or 'grpo'.")
-        if self.scale_rewards not in ("group", "none"):
-            fail(f"scale_rewards={self.scale_rewards!r}; choose 'group' or 'none'.")
-        if self.opd_coef == 0 and self.grpo_coef == 0:
-            fail("opd_coef and grpo_coef are both 0: there is nothing to learn from.")
+        for name in ("tool_timeout", "tool_workers", "tool_memory_mb", "tool_max_processes", "segment_step_tokens",
+                     "logprob_chunk_size"):
+            if getattr(self, name) <= 0:
+                fail(f"{name} must be > 0, got {getattr(self, name)}.")
+        if self.teacher_model_name_or_path is not None and self.teacher_server_url is not None:
+            fail(f"Both teacher_model_name_or_path={self.teacher_model_name_or_path!r} and teacher_server_url="
+                 f"{self.teacher_server_url!r} are set: the teacher is either loaded locally or served. Keep one.")
+        if self.use_vllm:
+            if not 0 < self.vllm_gpu_memory_utilization <= 1:
+                fail(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}.")
+            if self.vllm_max_model_length is not None and self.max_prompt_length is not None and \
+                    self.vllm_max_model_length < self.max_prompt_length + self.max_completion_length:
+                fail(
+                    f"vllm_max_model_length={self.vllm_max_model_length} is shorter than max_prompt_length + "
+                    f"max_completion_length = {self.max_prompt_length} + {self.max_completion_length} = "
+                    f"{self.max_prompt_length + self.max_completion_length}, so long trajectories would fail in vLLM "
+                    "mid-run. Raise it, or leave it unset (the default is that sum)."
+                )
+        else:
+            changed = [f"{name}={getattr(self, name)!r}" for name in _VLLM_FIELDS
+                       if getattr(self, name) != type(self).__dataclass_fields__[name].default]
+            if changed:  # a warning, not an error: a recipe may keep its vLLM block and run with use_vllm=False
+                logger.warning("use_vllm=False, so %s %s ignored (rollouts use HF generate). Set use_vllm=True to "
+                               "generate with vLLM, or drop %s.", ", ".join(changed),
+                               "is" if len(changed) == 1 else "are", "it" if len(changed) == 1 else "them")
+
+
+_OWN_FIELDS = tuple(f.name for f in fields(SODConfig) if f.name not in TrainingArguments.__dataclass_fields__)
+_VLLM_FIELDS = tuple(name for name in _OWN_FIELDS if name.startswith("vllm_"))

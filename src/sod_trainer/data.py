@@ -52,23 +52,43 @@ def row_to_messages(row: dict[str, Any], index: int | None = None, extra_text: s
     where = f"row {index}" if index is not None else "a row"
     if "prompt" in row and row["prompt"] is not None:
         prompt = row["prompt"]
+        if not isinstance(prompt, (str, list, tuple)):
+            raise DatasetRowError(
+                f"Dataset {where}: column 'prompt' must be a string or a list of chat messages like "
+                f"{{'role': 'user', 'content': '...'}}, got {prompt!r:.80} (type {type(prompt).__name__})."
+            )
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         column = "prompt"
     elif "messages" in row and row["messages"] is not None:
+        if not isinstance(row["messages"], (list, tuple)):
+            value = row["messages"]
+            raise DatasetRowError(
+                f"Dataset {where}: column 'messages' must be a list of chat messages like "
+                f"{{'role': 'user', 'content': '...'}}, got {value!r:.80} (type {type(value).__name__})."
+            )
         messages = list(row["messages"])
         while messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
             messages.pop()  # the reference answer is not part of the prompt
         column = "messages"
     else:
         column = next((c for c in ("problem", "question") if isinstance(row.get(c), str)), None)
+        column = column or next((c for c in ("problem", "question")
+                                 if row.get(c) is not None and row.get(c) == row.get(c)), None)  # not None or NaN
         if column is None:
             raise DatasetRowError(
                 f"Dataset {where} has none of the prompt columns {PROMPT_COLUMNS} (it has {sorted(row)}). "
                 "Add a 'prompt' column (a string or a list of chat messages) or a 'problem' column."
             )
+        if not isinstance(row[column], str):
+            raise DatasetRowError(
+                f"Dataset {where}: column {column!r} must be a string, got {row[column]!r:.80} "
+                f"(type {type(row[column]).__name__}). Convert it, e.g. dataset.map(lambda row: "
+                f"{{{column!r}: str(row[{column!r}])}})."
+            )
         messages = [{"role": "user", "content": row[column]}]
     if not messages:
-        raise DatasetRowError(f"Dataset {where}: column {column!r} is empty.")
+        raise DatasetRowError(f"Dataset {where}: column {column!r} is empty. Give it a user message, or filter the "
+                              "row out (dataset.filter(...)).")
     for message in messages:
         if not isinstance(message, dict) or "role" not in message or not isinstance(message.get("content"), str):
             raise DatasetRowError(
@@ -76,7 +96,8 @@ def row_to_messages(row: dict[str, Any], index: int | None = None, extra_text: s
                 f"{{'role': 'user', 'content': '...'}}, got {message!r:.120}."
             )
     if not any(m["content"].strip() for m in messages):
-        raise DatasetRowError(f"Dataset {where}: the prompt in column {column!r} is empty.")
+        raise DatasetRowError(f"Dataset {where}: the prompt in column {column!r} is empty (only whitespace). Fill it "
+                              "in, or filter the row out (dataset.filter(...)).")
     if extra_text:
         messages = [dict(m) for m in messages]
         messages[-1]["content"] = messages[-1]["content"] + extra_text

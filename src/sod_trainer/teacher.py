@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from .logprobs import sampled_token_logprobs
 
-__all__ = ["TeacherScorer", "LocalTeacher", "check_vocabularies"]
+__all__ = ["TeacherScorer", "LocalTeacher", "check_vocabularies", "compare_tokenizers"]
+
+logger = logging.getLogger(__name__)
 
 
 class TeacherScorer(Protocol):
@@ -35,8 +39,15 @@ class LocalTeacher:
         return logps
 
 
-def check_vocabularies(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer) -> None:
-    """Reject a teacher whose output vocabulary differs from the student's (SOD needs the same tokens)."""
+def check_vocabularies(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
+                       teacher_tokenizer=None) -> None:
+    """Reject a teacher whose vocabulary or tokenizer differs from the student's (SOD needs the same tokens).
+
+    The output vocabulary sizes must be equal. The teacher's own tokenizer (``teacher_tokenizer``, else the one
+    saved next to the teacher's weights, read from disk or the Hub cache; never downloaded) must give every
+    token the id ``tokenizer`` gives it. When no teacher tokenizer can be found (a model built in memory, a Hub
+    teacher whose tokenizer files are not cached), only the sizes are compared.
+    """
     from .logprobs import unwrap_causal_lm
 
     def vocab_size(model):
@@ -55,3 +66,59 @@ def check_vocabularies(student: torch.nn.Module, teacher: torch.nn.Module, token
             f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {student_size}; "
             "resize the model's embeddings or use the model's own tokenizer."
         )
+    source = "teacher_tokenizer"
+    if teacher_tokenizer is None:
+        source = getattr(getattr(unwrap_causal_lm(teacher), "config", None), "_name_or_path", "") or ""
+        teacher_tokenizer = _saved_tokenizer(source, tokenizer)
+    if teacher_tokenizer is not None:
+        compare_tokenizers(tokenizer, teacher_tokenizer, source)
+
+
+def _saved_tokenizer(path: str, tokenizer):
+    """The tokenizer saved with a model at ``path`` (a folder, or a Hub id already in the cache), else None."""
+    if not path or path == getattr(tokenizer, "name_or_path", None) or not _has_tokenizer_files(path):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception:  # no tokenizer files there: nothing to compare (documented limit)
+        return None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+
+
+def _has_tokenizer_files(path: str) -> bool:
+    """Whether tokenizer files were saved with the model (a folder, or a Hub id's cache): without them,
+    ``AutoTokenizer`` may build an empty tokenizer from the model's config instead of failing."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return any((folder / name).is_file() for name in _TOKENIZER_FILES)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(isinstance(try_to_load_from_cache(path, name), str) for name in _TOKENIZER_FILES)
+    except Exception:  # not a Hub id, or no cache
+        return False
+
+
+def compare_tokenizers(tokenizer, teacher_tokenizer, source: str = "the teacher") -> None:
+    """Raise ``ValueError`` when ``teacher_tokenizer`` gives any of ``tokenizer``'s tokens another id, or lacks
+    more than 1% of them; warn when it lacks a few (added special tokens, e.g. Qwen3's ``<think>``)."""
+    student_vocab, teacher_vocab = tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    moved = [(token, index, teacher_vocab[token]) for token, index in sorted(student_vocab.items(), key=lambda x: x[1])
+             if token in teacher_vocab and teacher_vocab[token] != index]
+    missing = [token for token in student_vocab if token not in teacher_vocab]
+    if moved or len(missing) > 0.01 * len(student_vocab):
+        examples = ", ".join(f"{token!r} is {index} for the student and {other} for the teacher"
+                             for token, index, other in moved[:3])
+        raise ValueError(
+            f"The teacher's tokenizer ({source}) is not the student's: {len(moved)} of {len(student_vocab)} tokens "
+            f"have other ids{' (' + examples + ')' if examples else ''} and {len(missing)} are missing. The "
+            "vocabulary sizes match, but SOD scores the student's token ids with the teacher, so both must use one "
+            "tokenizer. Use a teacher from the student's model family."
+        )
+    if missing:
+        logger.warning("The teacher's tokenizer (%s) lacks %d of the student's tokens (%s); the teacher scores them "
+                       "as unseen ids.", source, len(missing), ", ".join(repr(t) for t in missing[:5]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["check_chat_template", "validate_prompts"]
+__all__ = ["check_chat_template", "validate_prompts", "validate_reward_columns"]
 
 
 def check_chat_template(tokenizer, chat_template_kwargs: dict | None = None) -> None:
@@ -38,3 +38,48 @@ def validate_prompts(dataset, tokenizer, args) -> None:
         row = dataset[index]
         encode_prompt(tokenizer, row_to_messages(row, index), max_prompt_length=args.max_prompt_length,
                       truncation=args.prompt_truncation, index=index, chat_template_kwargs=args.chat_template_kwargs)
+
+
+def validate_reward_columns(dataset, reward_funcs) -> None:
+    """For the built-in answer rewards among ``reward_funcs`` (math, multiple choice), check that the dataset has
+    the column each reads and that every reference in it is a string or a number (``None``: the row gets no
+    reward). Raises ``ValueError`` for a missing or all-empty column, ``DatasetRowError`` naming the first bad row.
+    Other reward functions are not checked: their columns are theirs to read (as in TRL)."""
+    from .data import DatasetRowError
+    from .rewards import MathReward, MultipleChoiceReward
+    from .rewards.answers import reference_text
+
+    if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        return
+    if isinstance(dataset, dict):
+        for part in dataset.values():
+            validate_reward_columns(part, reward_funcs)
+        return
+    functions = [f for f in reward_funcs or () if isinstance(f, (MathReward, MultipleChoiceReward))]
+    if not functions or len(dataset) == 0:
+        return
+    if hasattr(dataset, "column_names"):
+        columns = set(dataset.column_names)
+    else:
+        columns = {key for index in range(len(dataset)) for key in dataset[index]}
+    for function in functions:
+        name, column = function.__name__, function.answer_column
+        if column not in columns:
+            raise ValueError(
+                f"{name} reads the {column!r} column, but the dataset has none (it has {sorted(columns)}). Rename "
+                f"the column holding the reference answers to {column!r}, or point the reward at it (e.g. "
+                "make_math_reward(answer_column='solution'))."
+            )
+        if hasattr(dataset, "column_names"):
+            values = dataset[column]
+        else:
+            values = [dataset[index].get(column) for index in range(len(dataset))]
+        present = 0
+        for index, value in enumerate(values):
+            try:
+                present += reference_text(value, column=column, reward=name) is not None
+            except ValueError as error:
+                raise DatasetRowError(f"Dataset row {index}: {error}") from None
+        if not present:
+            raise ValueError(f"Every row's {column!r} is empty (None or blank), so {name} can reward nothing. Fill "
+                             "in the reference answers, or drop the reward.")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "DEFAULT_STEP_TIMEOUT_S",
     "ToolResult",
     "ToolEnvironment",
     "ToolCallParser",
@@ -42,8 +43,21 @@ class ToolResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+DEFAULT_STEP_TIMEOUT_S = 300.0
+"""How long the rollout engine waits for one ``reset``, ``step`` or ``close`` of an environment by default."""
+
+
 class ToolEnvironment(ABC):
-    """One trajectory's tool world. Subclass and implement :meth:`step`; :meth:`reset` is optional."""
+    """One trajectory's tool world. Subclass and implement :meth:`step`; :meth:`reset` is optional.
+
+    A ``reset`` or ``step`` that raises, or that has not returned after :attr:`step_timeout_s` seconds, is
+    contained by the rollout engine: that trajectory ends with an error observation, a warning is logged and the
+    turn counts as a failed tool call (``tools/failure_rate``; a hang also in ``tools/timeouts_per_trajectory``).
+    """
+
+    step_timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S
+    """Seconds the engine waits for one call of this environment before giving up on it (the stuck thread is left
+    running: Python cannot stop it). ``None`` waits forever. Set it above your tool's own time limit."""
 
     def reset(self, **row: Any) -> str | None:
         """Start a trajectory for dataset ``row``; may return extra text appended to the prompt."""

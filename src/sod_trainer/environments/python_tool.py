@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ToolCallParser, ToolEnvironment, ToolResult, get_parser
+from .base import DEFAULT_STEP_TIMEOUT_S, ToolCallParser, ToolEnvironment, ToolResult, get_parser
 from .persistent import PersistentPythonSession
 from .sandbox import ExecutionResult, PythonSandbox, SandboxConfig
 
@@ -36,6 +36,15 @@ class PythonToolEnvironment(ToolEnvironment):
         self.persistent = persistent
         self.row: dict[str, Any] = {}
         self._session: PersistentPythonSession | None = None
+
+    @property
+    def step_timeout_s(self) -> float:
+        """The engine's deadline for one call: the sandbox's own time limit plus a minute of slack (start-up of a
+        persistent worker, a loaded machine). The sandbox enforces its limit itself; this only catches a stuck call."""
+        config = getattr(self.sandbox, "config", None)
+        if config is None:  # a sandbox of the caller's own
+            return DEFAULT_STEP_TIMEOUT_S
+        return float(config.timeout_s) + float(config.kill_grace_s) + 60.0
 
     @property
     def stop_strings(self) -> tuple[str, ...]:

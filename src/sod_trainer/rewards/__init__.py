@@ -37,6 +37,7 @@ from .answers import (
     extract_multiple_choice_letter,
     last_boxed,
     normalize_final_answer,
+    reference_text,
     strict_boxed_match,
 )
 from .base import AnswerCheck, RewardFunction, _rows_from_columns
@@ -90,4 +91,5 @@ __all__ = [
     "tool_use_shaping",
     "overlong_penalty",
     "completion_text",
+    "reference_text",
 ]

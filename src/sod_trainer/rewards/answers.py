@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -134,6 +135,33 @@ def extract_final_code(text: str) -> str | None:
         text = text.rsplit("</think>", 1)[1]
     blocks = _PYTHON_BLOCK.findall(text)
     return blocks[-1] if blocks else None
+
+
+def reference_text(value: Any, *, column: str = "answer", reward: str = "reward") -> str | None:
+    """A dataset's reference answer as text, or ``None`` when the row has none (``None``, NaN, blank).
+
+    Strings are kept; numbers are written out (``42`` and ``42.0`` give ``"42"``, ``0.5`` gives ``"0.5"``), so
+    an integer or float ``answer`` column works as it is. Anything else (a list, a dict, a bool) raises
+    ``ValueError`` naming the reward, the column, the value and the fix: there is no single right way to
+    compare a completion with it.
+    """
+    if _missing(value):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        if isinstance(value, numbers.Integral):
+            return str(int(value))
+        if isinstance(value, numbers.Real):
+            number = float(value)
+            return str(int(number)) if number.is_integer() else repr(number)
+        return str(value)
+    raise ValueError(
+        f"{reward}: the reference in column {column!r} is {value!r:.80} (type {type(value).__name__}); it must be a "
+        f"string or a number. Make the column hold the one accepted answer (for a list of them, e.g. "
+        f"dataset.map(lambda row: {{{column!r}: str(row[{column!r}][0])}})), or pass a reward function of your "
+        "own that reads this type."
+    )
 
 
 def _missing(value: Any) -> bool:

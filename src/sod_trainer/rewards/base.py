@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .answers import completion_text
 from .shaping import overlong_penalty, tool_use_shaping
+
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class AnswerCheck:
@@ -68,6 +72,16 @@ class RewardFunction:
     def check(self, completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[AnswerCheck]:
         """Right or wrong for each completion text, given its dataset row."""
         raise NotImplementedError
+
+    def _warn_if_column_absent(self, column: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Warn (once per reward object) when no row carries ``column``: every completion would get ``None``."""
+        if rows and not any(column in row for row in rows) and not getattr(self, "_warned_absent", False):
+            self._warned_absent = True
+            logger.warning(
+                "%s: no %r column reached the reward (it got %s), so every completion gets no reward (None). "
+                "Rename the dataset column to %r, or point the reward at yours (e.g. "
+                "make_math_reward(answer_column='solution')).", self.__name__, column,
+                sorted(rows[0]) or "no columns", column)
 
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **kwargs: Any) -> list[float | None]:
         texts = [completion_text(completion) for completion in completions]

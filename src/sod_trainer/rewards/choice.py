@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .answers import ANSWER_WINDOW_CHARS, _missing, extract_multiple_choice_letter
+from .answers import ANSWER_WINDOW_CHARS, extract_multiple_choice_letter, reference_text
 from .base import AnswerCheck, RewardFunction
 
 class MultipleChoiceReward(RewardFunction):
@@ -26,10 +26,10 @@ class MultipleChoiceReward(RewardFunction):
         self.answer_window_chars = answer_window_chars
 
     def reference_letter(self, row: dict[str, Any]) -> str | None:
-        reference = row.get(self.answer_column)
-        if _missing(reference):
+        reference = reference_text(row.get(self.answer_column), column=self.answer_column, reward=self.__name__)
+        if reference is None:
             return None
-        text = str(reference).strip()
+        text = reference.strip()
         letter = re.fullmatch(r"\(?([A-Za-z])\)?[.:]?", text)
         if letter:
             return letter.group(1).upper()
@@ -44,6 +44,7 @@ class MultipleChoiceReward(RewardFunction):
         )
 
     def check(self, completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[AnswerCheck]:
+        self._warn_if_column_absent(self.answer_column, rows)
         checks = []
         for text, row in zip(completions, rows):
             expected = self.reference_letter(row)

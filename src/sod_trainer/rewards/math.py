@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from .answers import ANSWER_WINDOW_CHARS, _missing, _reference_text, last_boxed, normalize_final_answer
+from .answers import ANSWER_WINDOW_CHARS, _reference_text, last_boxed, normalize_final_answer, reference_text
 from .base import AnswerCheck, RewardFunction
 
 # Runs in the helper process: stdlib + math_verify only, no import of sod_trainer (so nothing heavy
@@ -208,10 +208,11 @@ class MathReward(RewardFunction):
         self.verifier = None if strict else MathVerifier(verify_timeout_s)
 
     def check(self, completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[AnswerCheck]:
+        self._warn_if_column_absent(self.answer_column, rows)
         checks = []
         for text, row in zip(completions, rows):
-            reference = row.get(self.answer_column)
-            if _missing(reference):
+            reference = reference_text(row.get(self.answer_column), column=self.answer_column, reward=self.__name__)
+            if reference is None:
                 checks.append(AnswerCheck(None, detail=f"no {self.answer_column!r}"))
                 continue
             boxed = last_boxed(text, self.answer_window_chars)

@@ -1,27 +1,36 @@
 """RolloutEngine: multi-turn, tool-integrated rollouts, token-in/token-out (SOD_SPEC §2, §7).
 
 All live trajectories of a batch generate together (one backend call per turn); the tool calls of a
-turn run concurrently on a thread pool; observation ids are appended with ``assistant_mask = 0``.
+turn run concurrently on up to ``tool_workers`` threads; observation ids are appended with
+``assistant_mask = 0``.
 A trajectory stops when its turn has no tool call (or the environment says done), after
 ``max_turns`` assistant turns, when its token budget is spent, or when the observation would not fit.
+
+A failing environment is contained: a ``reset`` or ``step`` that raises, or that has not returned after the
+environment's ``step_timeout_s``, ends that trajectory with an error observation (a warning is logged; the
+turn counts as a failed tool call, a hang also as a timeout) and the rest of the batch goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, Protocol
 
-from ..environments.base import ToolEnvironment, ToolResult
+from ..environments.base import DEFAULT_STEP_TIMEOUT_S, ToolEnvironment, ToolResult
 from .glue import ToolResponseFormatter
 from .types import GenerationOutput, Trajectory, Turn
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GenerationBackend", "RolloutEngine"]
+
+_HUNG = object()  # the result of a call that ran past its environment's step_timeout_s
 
 
 class GenerationBackend(Protocol):
@@ -60,29 +69,97 @@ class RolloutEngine:
         # HF generation under ZeRO-3 is a collective (the gather, then every forward step): all processes take
         # the same number of turns, a finished one joining with an empty batch
         self.any_process_live = any_process_live
-        self.pool = ThreadPoolExecutor(max_workers=max(1, tool_workers), thread_name_prefix="sod-tool")
+        self.tool_workers = max(1, tool_workers)
         self.eos_token_ids = set(getattr(backend, "eos_token_ids", set())) | {tokenizer.eos_token_id}
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Nothing to release: tool calls run on short-lived daemon threads (a stuck one never blocks exit)."""
 
     # ------------------------------------------------------------------ environments
     def make_environments(self, rows: Sequence[dict[str, Any]]) -> tuple[list[ToolEnvironment], list[str | None]]:
-        """One environment per row, reset with the row; returns them and any extra prompt text."""
+        """One environment per row, reset with the row; returns them and any extra prompt text.
+
+        An environment whose ``reset`` raises or hangs is replaced by one that ends the trajectory with an
+        error observation at its first turn (its ``close`` is still called)."""
         environments = [self.environment_factory() for _ in rows]
-        extras = list(self.pool.map(lambda pair: pair[0].reset(**pair[1]), zip(environments, rows)))
+        outcomes = self._call_all(environments, lambda k: environments[k].reset(**rows[k]))
+        extras: list[str | None] = []
+        for k, outcome in enumerate(outcomes):
+            if outcome is _HUNG or isinstance(outcome, _Failure):
+                reason = (f"reset() did not return within {_step_timeout(environments[k]):g} s" if outcome is _HUNG
+                          else f"reset() raised {outcome.summary}")
+                logger.warning("Tool environment %s: %s; this trajectory ends with an error observation at its "
+                               "first turn. Fix the environment's reset().", type(environments[k]).__name__, reason)
+                environments[k] = _BrokenEnvironment(environments[k], reason, hung=outcome is _HUNG)
+                outcome = None
+            extras.append(outcome)
         return environments, extras
 
-    @staticmethod
-    def _safe_step(environment: ToolEnvironment, text: str) -> ToolResult:
-        try:
-            return environment.step(text)
-        except Exception as error:  # a crashed tool is contained: an error observation, the run goes on
-            logger.warning("Tool environment %s raised %s: %s", type(environment).__name__, type(error).__name__, error)
-            return ToolResult(
-                observation=f"Error: the tool crashed ({type(error).__name__}: {error})", done=True, error=True,
-                tool_called=True, metadata={"environment_exception": traceback.format_exc(limit=3)},
-            )
+    def _step_all(self, environments: Sequence[ToolEnvironment], texts: Sequence[str]) -> list[ToolResult]:
+        """``step`` every environment with its turn text, concurrently; crashes and hangs become error results."""
+        outcomes = self._call_all(environments, lambda k: environments[k].step(texts[k]))
+        results = []
+        for environment, outcome in zip(environments, outcomes):
+            name = type(environment).__name__
+            if outcome is _HUNG:
+                limit = _step_timeout(environment)
+                logger.warning("Tool environment %s did not return from step() within %g s (step_timeout_s): the "
+                               "trajectory ends there with an error observation, counted as a tool timeout. The "
+                               "stuck call's thread is left running.", name, limit)
+                outcome = ToolResult(
+                    observation=f"Error: the tool did not answer within {limit:g} s (TimeoutError).", done=True,
+                    error=True, tool_called=True, metadata={
+                        "timed_out": True, "environment_hung": True,
+                        "environment_failure": f"step() did not return within {limit:g} s"})
+            elif isinstance(outcome, _Failure):  # a crashed tool is contained: an error observation, the run goes on
+                logger.warning("Tool environment %s raised %s in step(): the trajectory ends there with an error "
+                               "observation, counted as a failed tool call. Return ToolResult(error=True) for "
+                               "expected failures instead of raising.", name, outcome.summary)
+                outcome = ToolResult(
+                    observation=f"Error: the tool crashed ({outcome.summary})", done=True, error=True,
+                    tool_called=True, metadata={"environment_exception": outcome.traceback,
+                                                "environment_failure": f"step() raised {outcome.summary}"})
+            results.append(outcome)
+        return results
+
+    def _call_all(self, environments: Sequence[ToolEnvironment], function: Callable[[int], Any]) -> list[Any]:
+        """``function(k)`` for every environment ``k`` on at most ``tool_workers`` threads at once. Each result is
+        the return value, a :class:`_Failure` if it raised, or ``_HUNG`` if it ran past the environment's
+        ``step_timeout_s`` (its daemon thread is abandoned: Python cannot stop a thread)."""
+        count = len(environments)
+        results: list[Any] = [None] * count
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+
+        def work(k: int) -> None:
+            try:
+                value = function(k)
+            except Exception as error:
+                value = _Failure(error, traceback.format_exc(limit=3))
+            finished.put((k, value))
+
+        running: dict[int, float] = {}  # index -> deadline (inf: none)
+        started = done = 0
+        while done < count:
+            while started < count and len(running) < self.tool_workers:
+                limit = _step_timeout(environments[started])
+                running[started] = time.monotonic() + limit if limit is not None else float("inf")
+                threading.Thread(target=work, args=(started,), name=f"sod-tool-{started}", daemon=True).start()
+                started += 1
+            wait = min(running.values(), default=float("inf")) - time.monotonic()
+            try:
+                k, value = finished.get(timeout=None if wait == float("inf") else max(0.0, wait))
+            except queue.Empty:
+                pass
+            else:
+                if running.pop(k, None) is not None:
+                    results[k] = value
+                    done += 1
+            now = time.monotonic()
+            for k in [k for k, deadline in running.items() if deadline <= now]:
+                del running[k]
+                results[k] = _HUNG
+                done += 1
+        return results
 
     def _stop_strings(self, environments: Sequence[ToolEnvironment]) -> tuple[str, ...]:
         if self.stop_strings is not None:
@@ -111,12 +188,16 @@ class RolloutEngine:
             with window() if window is not None else nullcontext():
                 self._turns(trajectories, live, environments, stop_strings)
         finally:
-            for environment in environments:
-                try:
-                    environment.close()
-                except Exception as error:  # closing must never lose the batch
-                    logger.warning("Closing %s failed: %s", type(environment).__name__, error)
+            self.close_environments(environments)
         return trajectories
+
+    def close_environments(self, environments: Sequence[ToolEnvironment]) -> None:
+        """``close`` every environment; one that raises or hangs is logged and left (closing never loses a batch)."""
+        outcomes = self._call_all(environments, lambda k: environments[k].close())
+        for environment, outcome in zip(environments, outcomes):
+            if outcome is _HUNG or isinstance(outcome, _Failure):
+                logger.warning("Closing %s failed: %s", type(environment).__name__,
+                               "it did not return in time" if outcome is _HUNG else outcome.summary)
 
     def _turns(self, trajectories: list[Trajectory], live: list[int], environments, stop_strings) -> None:
         """Generate turn after turn for the live trajectories, run their tool calls, append observations."""
@@ -138,13 +219,15 @@ class RolloutEngine:
                     trajectory.truncated = True
                     trajectory.stop_reason = "budget"
                 stepping.append((i, text, output))
-            results = list(self.pool.map(lambda item: self._safe_step(environments[item[0]], item[1]), stepping))
+            results = self._step_all([environments[i] for i, _, _ in stepping], [text for _, text, _ in stepping])
             still_live = []
             for (i, _, output), result in zip(stepping, results):
                 trajectory = trajectories[i]
                 turn = trajectory.turns[-1]
                 turn.tool_called, turn.tool_error = result.tool_called, result.error
                 turn.observation, turn.metadata = result.observation, dict(result.metadata)
+                if result.metadata.get("environment_failure"):  # a crash or a hang, see _step_all
+                    trajectory.environment_failure = str(result.metadata["environment_failure"])
                 if trajectory.truncated:
                     continue
                 if result.done or result.observation is None:
@@ -160,3 +243,34 @@ class RolloutEngine:
                 trajectory.append(glue, sampled=False)
                 still_live.append(i)
             live = still_live
+
+
+def _step_timeout(environment: Any) -> float | None:
+    return getattr(environment, "step_timeout_s", DEFAULT_STEP_TIMEOUT_S)
+
+
+class _Failure:
+    """An exception raised by an environment call, kept for the warning and the turn's metadata."""
+
+    def __init__(self, error: Exception, formatted: str):
+        self.error = error
+        self.summary = f"{type(error).__name__}: {error}"
+        self.traceback = formatted
+
+
+class _BrokenEnvironment(ToolEnvironment):
+    """Stands in for an environment whose ``reset`` failed: its first turn ends the trajectory with an error."""
+
+    def __init__(self, environment: Any, reason: str, hung: bool):
+        self.environment = environment
+        self.reason = reason
+        self.hung = hung
+        self.stop_strings = tuple(getattr(environment, "stop_strings", ()))
+
+    def step(self, turn_text: str) -> ToolResult:
+        return ToolResult(observation=f"Error: the tool environment failed to start ({self.reason}).", done=True,
+                          error=True, tool_called=True, metadata={"environment_failure": self.reason,
+                                                                  "timed_out": self.hung})
+
+    def close(self) -> None:
+        self.environment.close()
