@@ -7,7 +7,7 @@ forced to follow that script (see ``common.ForcedScript``), teacher twice the st
 vocab 2048. Every step is split into
 
   generation         the backend's ``generate`` calls (all turns)
-  tools              the environments' reset/step calls on the engine's thread pool
+  tools              the environments' reset/step/close calls (``RolloutEngine._call_all``, concurrent)
   teacher scoring    ``teacher.score`` (teacher forward + sampled-token log-probs)
   student pi_old     the no-grad student pass before the update (log-probs + entropy)
   student forward    ``compute_loss`` (student forward with grad + the clipped loss)
@@ -63,18 +63,17 @@ class StepProfiler:
         self._start = {}
         engine = trainer.rollout_engine
         self._wrap(engine.backend, "generate", "generation")
-        pool = engine.pool
-        original_map = pool.map
+        original_call_all = engine._call_all  # every reset/step/close of a batch's environments
         profiler = self
 
-        def timed_map(*args, **kwargs):
+        def timed_call_all(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return list(original_map(*args, **kwargs))
+                return original_call_all(*args, **kwargs)
             finally:
                 profiler.current["tools"] += time.perf_counter() - start
 
-        pool.map = timed_map
+        engine._call_all = timed_call_all
         self._wrap(trainer.scorer.teacher, "score", "teacher scoring")
         self._wrap(trainer, "_student_logprobs", "student pi_old")
         self._wrap(trainer, "compute_loss", "student forward")

@@ -7,7 +7,7 @@ untrained model still writes tool calls and every variant does exactly the same 
 ``PythonToolEnvironment`` (sandboxed subprocess per call).
 
   batched    one ``RolloutEngine.rollout`` over the 32 prompts: all live trajectories generate together,
-             a turn's tool calls run concurrently on the engine's thread pool (``tool_workers=8``)
+             a turn's tool calls run concurrently on the engine's tool threads (``tool_workers=8``)
   pipelined  prototype (benchmarks/prototypes.py): two halves take turns, one half's tool calls run while
              the other half generates (same trajectories, checked)
   loop       ``RolloutEngine.rollout`` called once per trajectory (batch of 1), one after the other
@@ -53,7 +53,7 @@ def make_engine(tok, model, processors, tool_workers: int, pipelined: bool = Fal
 
 
 class SplitTimer:
-    """Sums the time the engine spends in generation and in tool calls (the thread pool's map), and counts
+    """Sums the time the engine spends in generation and in tool calls (``RolloutEngine._call_all``), and counts
     what ``model.generate`` computed: prefill tokens (with and without left padding) and decode slots
     (rows x new tokens, including rows that already finished and wait for the longest one)."""
 
@@ -75,7 +75,7 @@ class SplitTimer:
 
             model.generate = counted
         backend_generate = engine.backend.generate
-        pool_map = engine.pool.map
+        call_all = engine._call_all  # every reset/step/close of a batch's environments
 
         def generate(*args, **kwargs):
             start = time.perf_counter()
@@ -84,15 +84,15 @@ class SplitTimer:
             finally:
                 self.generation += time.perf_counter() - start
 
-        def timed_map(*args, **kwargs):
+        def timed_call_all(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return list(pool_map(*args, **kwargs))
+                return call_all(*args, **kwargs)
             finally:
                 self.tools += time.perf_counter() - start
 
         engine.backend.generate = generate
-        engine.pool.map = timed_map
+        engine._call_all = timed_call_all
 
     def take(self):
         out = {"generation_s": self.generation, "tools_s": self.tools, **self.counts}

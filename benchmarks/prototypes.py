@@ -8,6 +8,8 @@ have landed in the library (``sod_trainer.logprobs`` and ``sod_trainer.on_policy
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from sod_trainer.rollout.engine import RolloutEngine
 from sod_trainer.rollout.types import Trajectory, Turn
 
@@ -21,6 +23,11 @@ class PipelinedRolloutEngine(RolloutEngine):
     def __init__(self, *args, groups: int = 2, **kwargs):
         super().__init__(*args, **kwargs)
         self.groups = groups
+        self.pool = ThreadPoolExecutor(max_workers=self.tool_workers, thread_name_prefix="sod-pipelined")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        super().close()
 
     def rollout(self, prompt_ids, rows, environments=None):
         if environments is None:
@@ -64,7 +71,8 @@ class PipelinedRolloutEngine(RolloutEngine):
             if output.finish_reason == "length":
                 trajectory.truncated = True
                 trajectory.stop_reason = "budget"
-            stepping.append((i, output, self.pool.submit(self._safe_step, environments[i], text)))
+            stepping.append((i, output, self.pool.submit(
+                lambda env=environments[i], txt=text: self._step_all([env], [txt])[0])))
         group["pending"] = stepping
 
     def _finish_turn(self, group, trajectories):

@@ -61,7 +61,11 @@ def test_number_answers_are_compared_as_text():
 def test_answer_that_is_not_text_or_a_number_is_a_contained_counted_reward_failure(tokenizer, tmp_path, sod_logs,
                                                                                    answer):
     rows = [{**row, "answer": answer} for row in ROWS]
-    trainer = build(tokenizer, tmp_path, rows=rows, raw_rows=True, max_steps=1,
+    # checked before training (validate_dataset, the default): the first bad row is named
+    with pytest.raises(DatasetRowError, match=r"Dataset row 0: .*'answer'"):
+        build(tokenizer, tmp_path, rows=rows, raw_rows=True, reward_funcs=(make_math_reward(strict=True),))
+    # without the check, it is a contained failure of the reward, counted per batch
+    trainer = build(tokenizer, tmp_path, rows=rows, raw_rows=True, max_steps=1, validate_dataset=False,
                     reward_funcs=(make_math_reward(strict=True),))
     trainer.train()
     log = trainer.state.log_history[0]
@@ -173,6 +177,7 @@ def test_tool_that_crashes_is_contained_and_counted(tokenizer, tmp_path, sod_log
     trainer.train()
     log = trainer.state.log_history[0]
     assert log["tools/failure_rate"] == 1.0 and log["tools/error_trajectory_ratio"] == 1.0
+    assert log["tools/environment_failures"] == 1.0  # told apart from the model's own failed tool calls
     assert message in sod_logs.text
 
 

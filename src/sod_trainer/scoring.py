@@ -248,7 +248,8 @@ class RolloutScorer:
                 finite &= torch.isfinite(logps)
         bad_rows = (~finite & loss_mask.bool()).any(1)
         if bad_rows.any():
-            logger.warning("%d trajectories have non-finite log-probs; they are left out of the loss.",
+            logger.warning("%d trajectories have non-finite log-probs; they are left out of the loss (counted in "
+                           "nonfinite_logprob_trajectories).",
                            int(bad_rows.sum()))
             loss_mask[bad_rows] = 0
 
@@ -298,6 +299,8 @@ class RolloutScorer:
             "tools/timeouts_per_trajectory": mean([sum(bool(turn.metadata.get("timed_out")) for turn in t.turns)
                                                    for t in trajectories]),
             "tools/error_trajectory_ratio": mean([float(t.num_tool_errors > 0) for t in trajectories]),
+            # the environment itself crashed or hung (a bug to fix), apart from the model's failed tool calls
+            "tools/environment_failures": mean([float(t.environment_failure is not None) for t in trajectories]),
         }
         metrics.update(reward_metrics)
         return metrics

@@ -29,14 +29,16 @@ class LocalTeacher:
         self.model = model
         self.temperature = temperature
         self.chunk_size = chunk_size
+        # ZeRO-3 gathers the teacher's shards in forward hooks: those stay under no_grad
+        self.sharded = any(hasattr(p, "ds_id") for p in model.parameters())
 
-    @torch.no_grad()
     def score(self, input_ids, attention_mask, completion_start, token_mask) -> torch.Tensor:
-        logps, _ = sampled_token_logprobs(
-            self.model, input_ids, attention_mask, completion_start, token_mask,
-            temperature=self.temperature, chunk_size=self.chunk_size,
-        )
-        return logps
+        with torch.no_grad() if self.sharded else torch.inference_mode():
+            logps, _ = sampled_token_logprobs(
+                self.model, input_ids, attention_mask, completion_start, token_mask,
+                temperature=self.temperature, chunk_size=self.chunk_size,
+            )
+        return logps.clone()  # a normal tensor: an inference-mode tensor cannot enter autograd later
 
 
 def check_vocabularies(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,

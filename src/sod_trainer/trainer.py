@@ -30,7 +30,7 @@ from .on_policy import OnPolicyWeighting, is_on_policy
 from .scoring import RolloutScorer, ScoredBatch, fill_samples
 from .segmenters import StepSegmenter, get_segmenter
 from .teacher import LocalTeacher, check_vocabularies
-from .validation import check_chat_template, validate_prompts
+from .validation import check_chat_template, validate_prompts, validate_reward_columns
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +135,17 @@ class SODTrainer(Trainer):
         if not reward_funcs and args.grpo_coef != 0:
             raise ValueError(
                 "grpo_coef is non-zero but no reward_funcs were given. Pass reward_funcs=[...] (e.g. "
-                "sod_trainer.rewards.math_reward) or set grpo_coef=0 for pure step-weighted distillation."
+                "[sod_trainer.rewards.make_math_reward()]) or set grpo_coef=0 for pure step-weighted distillation."
             )
         if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
             raise ValueError(f"reward_weights has {len(args.reward_weights)} entries but there are "
-                             f"{len(reward_funcs)} reward functions.")
+                             f"{len(reward_funcs)} reward functions; give one weight per reward function, in "
+                             "the order of reward_funcs.")
 
         if args.validate_dataset:
             for dataset in (train_dataset, eval_dataset):
                 validate_prompts(dataset, processing_class, args)
+                validate_reward_columns(dataset, reward_funcs)
         self.interrupt_handler = InterruptHandler()
         super().__init__(
             model=model, args=args, data_collator=_identity, train_dataset=train_dataset,
@@ -337,7 +339,8 @@ class SODTrainer(Trainer):
         finite = bool(torch.isfinite(loss))
         self._metrics[mode]["skipped_updates"].append(0.0 if finite else 1.0)
         if not finite:
-            logger.warning("Non-finite loss (%s) at step %d: this optimizer step is skipped.",
+            logger.warning("Non-finite loss (%s) at step %d: this optimizer step is skipped (counted in "
+                           "skipped_updates).",
                            float(loss.detach()), self.state.global_step)
             self._skip_update = True
             loss = (logps * 0.0).sum()
