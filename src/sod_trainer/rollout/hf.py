@@ -65,8 +65,10 @@ class HFGenerationBackend:
     ):
         self.model_context = model_context
         self.tokenizer = tokenizer
+        # every sampling parameter explicit (top_k=0: off), so none falls back to the model's generation_config
+        # (Qwen3 ships top_k=20, top_p=0.95, temperature=0.6): rollouts must sample from the policy the loss scores
         self.sampling = dict(
-            do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None, min_p=min_p,
+            do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or 0, min_p=min_p,
             repetition_penalty=repetition_penalty,
         )
         self.generation_kwargs = dict(generation_kwargs or {})
