@@ -6,8 +6,9 @@ Compares, for N scored tokens (8 rows of N/8 completion tokens):
             linear head a custom autograd function that recomputes only the logits in backward)
   ckpt      the same with the custom function turned off: every chunk through torch.utils.checkpoint (the
             library's path for soft-capped, PEFT-wrapped or ZeRO-3-sharded heads)
-in two modes: ``score`` (no grad: the teacher / π_old pass; the library asks the student pass for the
-entropy, so ``chunked+entropy`` is measured too) and ``train`` (forward + backward of the log-probs).
+in two modes: ``score`` (no grad: the teacher pass, and the two-pass path's π_old pass, which asks for the
+entropy: ``chunked+entropy``) and ``train`` (forward + backward of the log-probs; the on-policy loss pass asks
+for the entropy too: ``train chunked+entropy``).
 
 The "seconds" column is one wall-clock run per point (context only); speed is compared separately, chunked vs
 checkpointed interleaved in one process on CPU time (1024 tokens, 3-5 rounds). Each memory measurement runs
@@ -182,8 +183,9 @@ def main():
                     "train": [512, 1024] if options.quick else [512, 1024, 2048]}
     measurements = []
     for mode in ("score", "train"):
+        # train+entropy: the on-policy loss pass (π_old and the entropy metric come from it)
         chunked = (["chunked", "chunked+entropy"] if mode == "score" and not options.quick
-                   else ["chunked"] if mode == "score" else ["chunked", "ckpt"])
+                   else ["chunked"] if mode == "score" else ["chunked", "chunked+entropy", "ckpt"])
         chunk_tokens = [target_tokens] if options.quick or mode == "score" else [2048, target_tokens]
         for tokens in naive_tokens[mode]:
             measurements.append(measure("naive", mode, tokens))

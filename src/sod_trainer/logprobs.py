@@ -53,8 +53,8 @@ def _chunk_stats(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Mod
     logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
     if not with_entropy:  # the softmax over the vocabulary is only paid for when the entropy is wanted
         return logps, None
-    probs = torch.softmax(logits, dim=-1)
-    entropy = normalizer - (probs * logits).sum(-1)
+    # H = lse - sum(p * logits), with p built and multiplied in place: one more vocabulary-sized block, not two
+    entropy = normalizer - (logits - normalizer.unsqueeze(-1)).exp_().mul_(logits).sum(-1)
     return logps, entropy
 
 
@@ -79,7 +79,7 @@ class _LinearHeadLogProb(torch.autograd.Function):
         normalizer = torch.logsumexp(logits, dim=-1)
         logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
         if with_entropy:
-            entropy = normalizer - (torch.exp(logits - normalizer.unsqueeze(-1)) * logits).sum(-1)
+            entropy = normalizer - (logits - normalizer.unsqueeze(-1)).exp_().mul_(logits).sum(-1)
         else:
             entropy = normalizer.new_empty(0)
         ctx.mark_non_differentiable(entropy)
