@@ -6,7 +6,12 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from sod_trainer.logprobs import _LinearHeadLogProb, _plain_linear_head, sampled_token_logprobs
+from sod_trainer.logprobs import (
+    _LinearHeadLogProb,
+    _plain_linear_head,
+    naive_sampled_token_logprobs,
+    sampled_token_logprobs,
+)
 
 
 def _batch(vocab: int, seed: int = 0):
@@ -62,6 +67,20 @@ def test_custom_backward_matches_full_softmax_values_entropy_and_gradients(token
         assert torch.allclose(chunked[name], p.grad, atol=1e-5), name
     if bias:
         assert chunked["lm_head.bias"].abs().sum() > 0
+
+
+def test_chunked_logprobs_match_the_library_naive_reference(tokenizer):
+    model = make_tiny_model(tokenizer)
+    ids, attention, start, mask = _batch(len(tokenizer))
+    logps, _ = sampled_token_logprobs(model, ids, attention, start, mask, chunk_size=5)
+    reference = naive_sampled_token_logprobs(model, ids, attention, start, mask.shape[1])
+    assert torch.allclose(logps, reference * mask, atol=1e-5)
+    logps.sum().backward()
+    chunked = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    (reference * mask).sum().backward()
+    for a, p in zip(chunked, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-5)
 
 
 def _grad_graph_has(tensor: torch.Tensor, name: str) -> bool:
