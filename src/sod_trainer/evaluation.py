@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluation_metrics import average_at_k, majority_at_k, mean_std, pass_at_k
+from .evaluation_report import format_report, write_report
 from .rewards import AnswerCheck, RewardFunction, completion_text, default_reward_funcs, last_boxed, normalize_final_answer
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,6 @@ DEFAULT_TOOL_SYSTEM_PROMPT = (
 )
 
 # Metrics that are fractions (printed as percentages); the rest are counts or lengths.
-_FRACTION_PREFIXES = ("average@", "pass@", "maj@", "tool_failure_rate", "truncated_rate", "answered_rate",
-                      "error_trajectory_rate")
-
 
 @dataclass
 class EvaluationConfig:
@@ -408,40 +406,6 @@ def _model_name(model: Any) -> str:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def write_report(report: EvaluationReport, output_dir: str | Path) -> tuple[Path, Path]:
-    """``problems.jsonl`` (one line per problem and seed) and ``summary.json`` under ``output_dir``."""
-    directory = Path(output_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    problems_path = directory / "problems.jsonl"
-    with problems_path.open("w", encoding="utf-8") as handle:
-        for record in report.problems:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    summary_path = directory / "summary.json"
-    summary_path.write_text(json.dumps(report.summary(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return problems_path, summary_path
-
-
-def _is_fraction(key: str) -> bool:
-    return key.startswith(_FRACTION_PREFIXES)
-
-
-def format_report(report: EvaluationReport) -> str:
-    """A plain-text table: one row per metric, ``mean ± std`` over seeds (fractions in percent)."""
-    seeds = len(report.seeds)
-    header = (f"{report.benchmark} | {report.model} | {report.num_problems} problems x {report.num_samples} "
-              f"samples | seeds {', '.join(map(str, report.seeds))}")
-    column = "mean ± std" if seeds > 1 else "value"
-    lines = [header, f"{'metric':<28}{column}"]
-    for key, value in report.mean.items():
-        std = report.std[key]
-        if _is_fraction(key):
-            text = f"{100 * value:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 else "")
-        else:
-            text = f"{value:.2f}" + (f" ± {std:.2f}" if seeds > 1 else "")
-        lines.append(f"{key + (' (%)' if _is_fraction(key) else ''):<28}{text}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
