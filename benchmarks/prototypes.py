@@ -11,7 +11,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from sod_trainer.rollout.engine import RolloutEngine
-from sod_trainer.rollout.types import Trajectory, Turn
+from sod_trainer.rollout.types import Trajectory
 
 
 class PipelinedRolloutEngine(RolloutEngine):
@@ -49,11 +49,7 @@ class PipelinedRolloutEngine(RolloutEngine):
                     elif group["pending"] is None:
                         group["live"] = []
         finally:
-            for environment in environments:
-                try:
-                    environment.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            self.close_environments(environments)
         return trajectories
 
     def _start_turn(self, group, trajectories, environments, stop_strings):
@@ -63,40 +59,15 @@ class PipelinedRolloutEngine(RolloutEngine):
         outputs = self.backend.generate(contexts, budgets, stop_strings)
         stepping = []
         for i, output in zip(live, outputs):
-            trajectory = trajectories[i]
-            start = trajectory.completion_length
-            trajectory.append(output.token_ids, sampled=True)
-            text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
-            trajectory.turns.append(Turn(start, trajectory.completion_length, text, output.finish_reason))
-            if output.finish_reason == "length":
-                trajectory.truncated = True
-                trajectory.stop_reason = "budget"
+            text = self._append_turn(trajectories[i], output)
             stepping.append((i, output, self.pool.submit(
                 lambda env=environments[i], txt=text: self._step_all([env], [txt])[0])))
         group["pending"] = stepping
 
     def _finish_turn(self, group, trajectories):
-        still_live = []
-        for i, output, future in group["pending"]:
-            result = future.result()
-            trajectory = trajectories[i]
-            turn = trajectory.turns[-1]
-            turn.tool_called, turn.tool_error = result.tool_called, result.error
-            turn.observation, turn.metadata = result.observation, dict(result.metadata)
-            if trajectory.truncated:
-                continue
-            if result.done or result.observation is None:
-                trajectory.stop_reason = "answer" if not result.error else "environment"
-                continue
-            if group["turn"] == self.max_turns - 1:
-                trajectory.stop_reason = "max_turns"
-                continue
-            glue = self.formatter(result.observation, output.finish_reason == "eos")
-            if trajectory.completion_length + len(glue) >= self.max_completion_length:
-                trajectory.stop_reason = "observation_over_budget"
-                continue
-            trajectory.append(glue, sampled=False)
-            still_live.append(i)
+        last_turn = group["turn"] == self.max_turns - 1
+        still_live = [i for i, output, future in group["pending"]
+                      if self._after_tool(trajectories[i], output, future.result(), last_turn)]
         group["live"] = still_live
         group["pending"] = None
         group["turn"] += 1

@@ -208,41 +208,46 @@ class RolloutEngine:
             contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in live]
             budgets = [self.max_completion_length - trajectories[i].completion_length for i in live]
             outputs = self.backend.generate(contexts, budgets, stop_strings)
-            stepping: list[tuple[int, str, GenerationOutput]] = []
-            for i, output in zip(live, outputs):
-                trajectory = trajectories[i]
-                start = trajectory.completion_length
-                trajectory.append(output.token_ids, sampled=True)
-                text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
-                trajectory.turns.append(Turn(start, trajectory.completion_length, text, output.finish_reason))
-                if output.finish_reason == "length":
-                    trajectory.truncated = True
-                    trajectory.stop_reason = "budget"
-                stepping.append((i, text, output))
-            results = self._step_all([environments[i] for i, _, _ in stepping], [text for _, text, _ in stepping])
-            still_live = []
-            for (i, _, output), result in zip(stepping, results):
-                trajectory = trajectories[i]
-                turn = trajectory.turns[-1]
-                turn.tool_called, turn.tool_error = result.tool_called, result.error
-                turn.observation, turn.metadata = result.observation, dict(result.metadata)
-                if result.metadata.get("environment_failure"):  # a crash or a hang, see _step_all
-                    trajectory.environment_failure = str(result.metadata["environment_failure"])
-                if trajectory.truncated:
-                    continue
-                if result.done or result.observation is None:
-                    trajectory.stop_reason = "answer" if not result.error else "environment"
-                    continue
-                if turn_index == self.max_turns - 1:
-                    trajectory.stop_reason = "max_turns"
-                    continue
-                glue = self.formatter(result.observation, output.finish_reason == "eos")
-                if trajectory.completion_length + len(glue) >= self.max_completion_length:
-                    trajectory.stop_reason = "observation_over_budget"
-                    continue
-                trajectory.append(glue, sampled=False)
-                still_live.append(i)
-            live = still_live
+            texts = [self._append_turn(trajectories[i], output) for i, output in zip(live, outputs)]
+            results = self._step_all([environments[i] for i in live], texts)
+            last_turn = turn_index == self.max_turns - 1
+            live = [i for i, output, result in zip(live, outputs, results)
+                    if self._after_tool(trajectories[i], output, result, last_turn)]
+
+    def _append_turn(self, trajectory: Trajectory, output: GenerationOutput) -> str:
+        """Append a sampled turn (``assistant_mask = 1``) and its :class:`Turn`; returns its text for the tool."""
+        start = trajectory.completion_length
+        trajectory.append(output.token_ids, sampled=True)
+        text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
+        trajectory.turns.append(Turn(start, trajectory.completion_length, text, output.finish_reason))
+        if output.finish_reason == "length":
+            trajectory.truncated = True
+            trajectory.stop_reason = "budget"
+        return text
+
+    def _after_tool(self, trajectory: Trajectory, output: GenerationOutput, result: ToolResult,
+                    last_turn: bool) -> bool:
+        """Record the tool result on the last turn and append the observation glue (``assistant_mask = 0``);
+        returns whether the trajectory goes on to another turn (else its ``stop_reason`` is set)."""
+        turn = trajectory.turns[-1]
+        turn.tool_called, turn.tool_error = result.tool_called, result.error
+        turn.observation, turn.metadata = result.observation, dict(result.metadata)
+        if result.metadata.get("environment_failure"):  # a crash or a hang, see _step_all
+            trajectory.environment_failure = str(result.metadata["environment_failure"])
+        if trajectory.truncated:
+            return False
+        if result.done or result.observation is None:
+            trajectory.stop_reason = "answer" if not result.error else "environment"
+            return False
+        if last_turn:
+            trajectory.stop_reason = "max_turns"
+            return False
+        glue = self.formatter(result.observation, output.finish_reason == "eos")
+        if trajectory.completion_length + len(glue) >= self.max_completion_length:
+            trajectory.stop_reason = "observation_over_budget"
+            return False
+        trajectory.append(glue, sampled=False)
+        return True
 
 
 def _step_timeout(environment: Any) -> float | None:
