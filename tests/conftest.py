@@ -33,5 +33,13 @@ def make_tiny_model(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0)
 
 
 @pytest.fixture
+def temp_root(tmp_path):
+    """A fresh directory for the sandbox's per-call directories (tests check that it is left empty)."""
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
 def tiny_models(tokenizer):
     return make_tiny_model(tokenizer, seed=0), make_tiny_model(tokenizer, hidden=96, seed=1)

@@ -28,13 +28,6 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewr
 
 
 @pytest.fixture
-def temp_root(tmp_path):
-    root = tmp_path / "sandboxes"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def sandbox(temp_root):
     return PythonSandbox(SandboxConfig(timeout_s=2.0, temp_root=str(temp_root)))
 

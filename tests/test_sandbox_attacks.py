@@ -36,13 +36,6 @@ def _namespaces_work():
 
 
 @pytest.fixture
-def temp_root(tmp_path):
-    root = tmp_path / "sandboxes"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def sandbox(temp_root):
     return PythonSandbox(SandboxConfig(timeout_s=TIMEOUT_S, temp_root=str(temp_root), max_processes=32))
 

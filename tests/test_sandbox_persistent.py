@@ -19,13 +19,6 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None or isolation_level
 
 
 @pytest.fixture
-def temp_root(tmp_path):
-    root = tmp_path / "sandboxes"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def session(temp_root):
     with PersistentPythonSession(SandboxConfig(timeout_s=1.0, temp_root=str(temp_root))) as session:
         yield session
