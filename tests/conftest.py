@@ -43,3 +43,12 @@ def temp_root(tmp_path):
 @pytest.fixture
 def tiny_models(tokenizer):
     return make_tiny_model(tokenizer, seed=0), make_tiny_model(tokenizer, hidden=96, seed=1)
+
+
+def cmdline_has(pid: str, marker: str) -> bool:
+    """Whether process ``pid``'s command line contains ``marker`` (False once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return marker.encode() in handle.read()
+    except OSError:
+        return False

@@ -11,6 +11,7 @@ import pytest
 from sod_trainer.environments.persistent import PersistentPythonSession
 from sod_trainer.environments.sandbox import SandboxConfig, isolation_level
 
+from conftest import cmdline_has
 from test_sandbox_attacks import sandbox_processes
 
 # Without namespaces a hostile call (kill the parent) would kill the test runner itself: skip, never run it.
@@ -177,7 +178,7 @@ def test_sandboxes_die_with_the_trainer(temp_root):
     try:
         assert process.stdout.readline() == "ready\n"
         def sleepers() -> list[str]:
-            return [p for p in os.listdir("/proc") if p.isdigit() and int(p) != process.pid and _cmdline_has(p, marker)]
+            return [p for p in os.listdir("/proc") if p.isdigit() and int(p) != process.pid and cmdline_has(p, marker)]
 
         deadline = time.monotonic() + 15.0
         while len(sleepers()) < 2 and time.monotonic() < deadline:
@@ -192,11 +193,3 @@ def test_sandboxes_die_with_the_trainer(temp_root):
     finally:
         if process.poll() is None:
             process.kill()
-
-
-def _cmdline_has(pid: str, marker: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return marker.encode() in handle.read()
-    except OSError:
-        return False

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import cmdline_has
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -87,7 +88,7 @@ def test_unprivileged_trainer_is_isolated_by_a_user_namespace():
         )
         assert completed.returncode == 0, completed.stderr
         report = json.loads(completed.stdout.strip().splitlines()[-1])
-        leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline_has(pid, marker)]
+        leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and cmdline_has(pid, marker)]
         with pytest.raises(BlockingIOError):
             listener.accept()
     finally:
@@ -108,11 +109,3 @@ def test_unprivileged_trainer_is_isolated_by_a_user_namespace():
     assert report["hung"][0] and report["hung"][1] < 1.0 + 2.0
     assert report["after"] == "42\n"
     assert leftovers == [] and remaining == []
-
-
-def _cmdline_has(pid: str, marker: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return marker.encode() in handle.read()
-    except OSError:
-        return False
