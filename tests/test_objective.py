@@ -33,7 +33,20 @@ def naive_steps(mask: list[int]) -> list[list[int]]:
     return steps
 
 
+def naive_iw_opd(s, q, mask, gamma=0.5, eps=1e-8) -> list[float]:
+    """IW-OPD's w_t = 1 + gamma * (1 - prefix_t / total), written as a loop over model tokens."""
+    gaps = [abs(q[t] - s[t]) if mask[t] else 0.0 for t in range(len(mask))]
+    total = max(sum(gaps), eps)
+    out, prefix = [], 0.0
+    for t in range(len(mask)):
+        out.append(1 + gamma * (1 - prefix / total) if mask[t] else 0.0)
+        prefix += gaps[t]
+    return out
+
+
 def naive_weights(s, q, mask, scheme="sod", eps=1e-6, delta=0.2, error_step=-1, decay=0.9) -> list[float]:
+    if scheme == "iw_opd":
+        return naive_iw_opd(s, q, mask)
     steps = naive_steps(mask)
     d = [sum(abs(s[t] - q[t]) for t in step) / len(step) for step in steps]
     w = []

@@ -44,9 +44,12 @@ class SODConfig(TrainingArguments):
         max_tool_response_chars: tool output shown to the model is cut to this many characters, head + tail.
 
     Parameters that control the loss:
-        step_weighting: `sod` (default), `uniform` (vanilla OPD), `decay`, `mask_after_error`, `sod_uncapped`.
+        step_weighting: `sod` (default), `uniform` (vanilla OPD), `decay`, `mask_after_error`, `sod_uncapped`,
+            `iw_opd` (IW-OPD's per-token weights, as TRL's `trl.experimental.iw_opd`).
         sod_epsilon, sod_delta: eps and delta of w_k = min((d_1+eps)/(d_k+eps), 1+delta).
         decay_rate: the `decay` scheme's factor per step after the first erroneous step.
+        iw_opd_gamma, iw_opd_epsilon: gamma and the stabilizer of `iw_opd`'s w_t = 1 + gamma * (1 - prefix / total)
+            (TRL's IWOPDConfig names and defaults).
         opd_coef, grpo_coef: c_opd and c_grpo in A_t = c_grpo * A_hat + c_opd * w * (q - s).
         epsilon, epsilon_high: PPO clip range [1 - epsilon, 1 + epsilon_high] (clip-higher).
         dual_clip: cap on the per-token loss for negative advantages (`-A * dual_clip`); None disables.
@@ -188,6 +191,10 @@ class SODConfig(TrainingArguments):
     sod_epsilon: float = field(default=1e-6, metadata={"help": "eps in w_k = min((d_1+eps)/(d_k+eps), 1+delta)."})
     sod_delta: float = field(default=0.2, metadata={"help": "delta: step weights are capped at 1 + delta."})
     decay_rate: float = field(default=0.9, metadata={"help": "Per-step factor of the 'decay' scheme after an error."})
+    iw_opd_gamma: float = field(
+        default=0.5, metadata={"help": "gamma of step_weighting='iw_opd': w_t = 1 + gamma * (1 - prefix / total)."})
+    iw_opd_epsilon: float = field(
+        default=1e-8, metadata={"help": "Stabilizer of step_weighting='iw_opd' (floor of the total |q - s|)."})
     opd_coef: float = field(default=1.0, metadata={"help": "c_opd: weight of the step-weighted distillation term."})
     grpo_coef: float = field(default=1.0, metadata={"help": "c_grpo: weight of the GRPO group advantage (0: pure SOD)."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower PPO clip: ratio >= 1 - epsilon."})
@@ -307,6 +314,9 @@ class SODConfig(TrainingArguments):
         if self.sod_delta < 0:
             fail(f"sod_delta must be >= 0 (step weights are capped at 1 + sod_delta; paper: 0.2), "
                  f"got {self.sod_delta}.")
+        if self.iw_opd_gamma < 0:
+            fail(f"iw_opd_gamma must be >= 0 (step_weighting='iw_opd': w_t = 1 + gamma * (1 - prefix / total); "
+                 f"TRL's default 0.5), got {self.iw_opd_gamma}.")
         if not 0 <= self.decay_rate <= 1:
             fail(f"decay_rate must be in [0, 1] (the 'decay' scheme's factor per step after an error; default 0.9), "
                  f"got {self.decay_rate}.")

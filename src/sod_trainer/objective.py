@@ -19,12 +19,25 @@ __all__ = [
     "step_weights",
     "token_weights",
     "weights_for_step_ids",
+    "step_and_token_weights",
+    "iw_opd_token_weights",
     "group_advantages",
     "combined_advantages",
     "clipped_surrogate_loss",
 ]
 
-STEP_WEIGHTING_SCHEMES = ("sod", "uniform", "decay", "mask_after_error", "sod_uncapped")
+STEP_WEIGHTING_SCHEMES = ("sod", "uniform", "decay", "mask_after_error", "sod_uncapped", "iw_opd")
+TOKEN_WEIGHTING_SCHEMES = ("iw_opd",)  # weights computed per token, not from step divergences
+
+
+def _working_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The inputs' own floating precision (float64 stays float64); half precision is accumulated in float32."""
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    if not dtype.is_floating_point or torch.finfo(dtype).bits < 32:
+        return torch.float32
+    return dtype
 
 
 def step_ids_from_mask(assistant_mask: torch.Tensor) -> torch.Tensor:
@@ -44,11 +57,17 @@ def _num_steps(step_ids: torch.Tensor) -> int:
 
 
 def step_means(per_token: torch.Tensor, step_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, K)`` mean of a per-token quantity over the tokens of each step, and which steps exist."""
+    """``(B, K)`` mean of a per-token quantity over the tokens of each step, and which steps exist.
+
+    Computed in the input's precision (float64 in, float64 out; half precision is accumulated in float32).
+    Positions outside every step are never read: a NaN or inf there cannot reach a step's mean.
+    """
     batch = step_ids.shape[0]
     num_steps = max(_num_steps(step_ids), 1)
     on_step = step_ids >= 0
-    values = per_token.detach().float() * on_step
+    per_token = per_token.detach()
+    per_token = per_token.to(_working_dtype(per_token))
+    values = torch.where(on_step, per_token, torch.zeros((), dtype=per_token.dtype, device=per_token.device))
     index = step_ids.clamp(min=0)
     sums = torch.zeros(batch, num_steps, dtype=values.dtype, device=values.device)
     counts = torch.zeros_like(sums)
@@ -65,7 +84,8 @@ def step_divergence(
     Returns ``(d, valid)``, both ``(B, K)``: ``d[b, k]`` is the divergence of step k of row b and
     ``valid[b, k]`` says whether row b has a step k (``d`` is 0 where it has not).
     """
-    return step_means((student_logps.detach().float() - teacher_logps.detach().float()).abs(), step_ids)
+    dtype = _working_dtype(student_logps, teacher_logps)
+    return step_means((student_logps.detach().to(dtype) - teacher_logps.detach().to(dtype)).abs(), step_ids)
 
 
 def step_weights(
@@ -84,12 +104,19 @@ def step_weights(
     ``sod_uncapped``: the same ratio without the cap. ``uniform``: 1. ``decay``: 1 up to the first
     erroneous step ``e`` and ``decay**(k-e)`` for ``k > e``. ``mask_after_error``: 1 up to ``e``, 0 after.
     ``error_steps`` is ``(B,)``, 0-based, ``-1`` for a trajectory without a tool error.
+    Computed in the divergence's precision; a step that does not exist (``valid`` False) gets 0 whatever
+    ``divergence`` holds there.
     """
     if scheme not in STEP_WEIGHTING_SCHEMES:
         raise ValueError(f"Unknown step_weighting scheme {scheme!r}; choose one of {STEP_WEIGHTING_SCHEMES}.")
+    if scheme in TOKEN_WEIGHTING_SCHEMES:
+        raise ValueError(f"step_weighting={scheme!r} weighs tokens, not steps: use token_weights or "
+                         "step_and_token_weights, which take the per-token log-probs.")
     batch, num_steps = divergence.shape
     device = divergence.device
-    d = divergence.detach().float()
+    d = divergence.detach()
+    d = d.to(_working_dtype(d))
+    d = torch.where(valid, d, torch.zeros((), dtype=d.dtype, device=device))
     if scheme in ("sod", "sod_uncapped"):
         weights = (d[:, :1] + epsilon) / (d + epsilon)
         if scheme == "sod":
@@ -108,7 +135,60 @@ def step_weights(
             weights = torch.where(affected, after, torch.ones_like(d))
         else:
             weights = torch.where(affected, torch.zeros_like(d), torch.ones_like(d))
-    return weights * valid
+    return torch.where(valid, weights, torch.zeros((), dtype=weights.dtype, device=device))
+
+
+def iw_opd_token_weights(
+    student_logps: torch.Tensor,
+    teacher_logps: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    gamma: float = 0.5,
+    epsilon: float = 1e-8,
+) -> torch.Tensor:
+    """IW-OPD's per-token weights (TRL ``trl.experimental.iw_opd``, arXiv 2606.22600), 0 off the mask.
+
+    ``w_t = 1 + gamma * (1 - P_t / S)`` with ``a_t = |q_t - s_t|`` on model tokens, ``P_t`` the sum of ``a`` over
+    the model tokens before ``t`` and ``S = max(sum of a over the completion, epsilon)``: later tokens are turned
+    down once discrepancy has accumulated (token-wise, where SOD is step-wise). Observation and padding tokens
+    neither carry a weight nor add to the prefix, as TRL's ``labels == -100`` positions.
+    """
+    on = loss_mask.bool()
+    dtype = _working_dtype(student_logps, teacher_logps)
+    zero = torch.zeros((), dtype=dtype, device=student_logps.device)
+    gap = torch.where(on, (teacher_logps.detach().to(dtype) - student_logps.detach().to(dtype)).abs(), zero)
+    prefix = gap.cumsum(dim=1) - gap
+    total = gap.sum(dim=1, keepdim=True).clamp_min(epsilon)
+    weights = 1.0 + gamma * (1.0 - prefix / total)
+    return torch.where(on, weights, zero)
+
+
+def step_and_token_weights(
+    student_logps: torch.Tensor,
+    teacher_logps: torch.Tensor,
+    step_ids: torch.Tensor,
+    *,
+    scheme: str = "sod",
+    iw_opd_gamma: float = 0.5,
+    iw_opd_epsilon: float = 1e-8,
+    **weighting,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d, valid, w_step, w_token)``: step divergences, which steps exist, step weights ``(B, K)`` and the
+    weight of every token ``(B, T)`` (0 off the steps).
+
+    For the step schemes ``w_token`` is the weight of the token's step. For ``iw_opd`` the weights are per token
+    (:func:`iw_opd_token_weights`) and ``w_step`` is the mean token weight of each step, for the diagnostics.
+    """
+    divergence, valid = step_divergence(student_logps, teacher_logps, step_ids)
+    on_step = step_ids >= 0
+    if scheme in TOKEN_WEIGHTING_SCHEMES:
+        per_token = iw_opd_token_weights(student_logps, teacher_logps, on_step,
+                                         gamma=iw_opd_gamma, epsilon=iw_opd_epsilon)
+        per_step, _ = step_means(per_token, step_ids)
+        return divergence, valid, per_step, per_token
+    per_step = step_weights(divergence, valid, scheme=scheme, **weighting)
+    per_token = torch.gather(per_step, 1, step_ids.clamp(min=0))
+    return divergence, valid, per_step, torch.where(on_step, per_token, torch.zeros_like(per_token))
 
 
 def token_weights(
@@ -121,15 +201,18 @@ def token_weights(
     delta: float = 0.2,
     error_steps: torch.Tensor | None = None,
     decay: float = 0.9,
+    iw_opd_gamma: float = 0.5,
+    iw_opd_epsilon: float = 1e-8,
 ) -> torch.Tensor:
     """``(B, T)`` weight of every token: ``w`` of its step on model tokens, 0 elsewhere.
 
-    Steps are the maximal runs of ``assistant_mask == 1`` (SOD_SPEC §2); see :func:`step_weights`.
+    Steps are the maximal runs of ``assistant_mask == 1`` (SOD_SPEC §2); see :func:`step_weights`
+    (and :func:`iw_opd_token_weights` for ``scheme="iw_opd"``).
     """
     step_ids = step_ids_from_mask(assistant_mask)
     return weights_for_step_ids(
-        student_logps, teacher_logps, step_ids,
-        scheme=scheme, epsilon=epsilon, delta=delta, error_steps=error_steps, decay=decay,
+        student_logps, teacher_logps, step_ids, scheme=scheme, epsilon=epsilon, delta=delta,
+        error_steps=error_steps, decay=decay, iw_opd_gamma=iw_opd_gamma, iw_opd_epsilon=iw_opd_epsilon,
     )
 
 
@@ -140,10 +223,7 @@ def weights_for_step_ids(
     **weighting,
 ) -> torch.Tensor:
     """Like :func:`token_weights`, for step ids from any :class:`~sod_trainer.StepSegmenter`."""
-    divergence, valid = step_divergence(student_logps, teacher_logps, step_ids)
-    weights = step_weights(divergence, valid, **weighting)
-    per_token = torch.gather(weights, 1, step_ids.clamp(min=0))
-    return torch.where(step_ids >= 0, per_token, torch.zeros_like(per_token))
+    return step_and_token_weights(student_logps, teacher_logps, step_ids, **weighting)[3]
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
@@ -173,9 +253,13 @@ def combined_advantages(
     grpo_coef: float = 1.0,
     opd_coef: float = 1.0,
 ) -> torch.Tensor:
-    """Per-token advantage ``c_grpo * A_hat + c_opd * w * (q - s)`` (SOD_SPEC §5), no gradient."""
-    reverse_kl_reward = (teacher_logps.detach() - student_logps.detach()).float()
-    return grpo_coef * sequence_advantages.float().unsqueeze(1) + opd_coef * weights.float() * reverse_kl_reward
+    """Per-token advantage ``c_grpo * A_hat + c_opd * w * (q - s)`` (SOD_SPEC §5), no gradient.
+
+    In the log-probs' precision (at least float32)."""
+    dtype = _working_dtype(student_logps, teacher_logps)
+    reverse_kl_reward = teacher_logps.detach().to(dtype) - student_logps.detach().to(dtype)
+    return (grpo_coef * sequence_advantages.detach().to(dtype).unsqueeze(1)
+            + opd_coef * weights.detach().to(dtype) * reverse_kl_reward)
 
 
 def clipped_surrogate_loss(

@@ -21,7 +21,7 @@ import torch
 
 from .data import encode_prompt, row_to_messages
 from .metrics import PATTERNS, per_step_means, weight_patterns
-from .objective import combined_advantages, group_advantages, step_divergence, step_weights
+from .objective import combined_advantages, group_advantages, step_and_token_weights
 from .rollout.types import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,11 @@ class StepWeighting:
 def weigh_steps(args, old_logps: torch.Tensor, teacher_logps: torch.Tensor, step_ids: torch.Tensor,
                 error_steps: torch.Tensor, sequence_advantages: torch.Tensor) -> StepWeighting:
     """Step divergences, step weights and per-token advantages from π_old's and the teacher's log-probs."""
-    divergence, valid = step_divergence(old_logps, teacher_logps, step_ids)
-    weights_per_step = step_weights(
-        divergence, valid, scheme=args.step_weighting, epsilon=args.sod_epsilon, delta=args.sod_delta,
-        error_steps=error_steps, decay=args.decay_rate,
+    divergence, valid, weights_per_step, weights = step_and_token_weights(
+        old_logps, teacher_logps, step_ids, scheme=args.step_weighting, epsilon=args.sod_epsilon,
+        delta=args.sod_delta, error_steps=error_steps, decay=args.decay_rate,
+        iw_opd_gamma=args.iw_opd_gamma, iw_opd_epsilon=args.iw_opd_epsilon,
     )
-    weights = torch.gather(weights_per_step, 1, step_ids.clamp(min=0)) * (step_ids >= 0)
     advantages = combined_advantages(sequence_advantages, old_logps, teacher_logps, weights,
                                      grpo_coef=args.grpo_coef, opd_coef=args.opd_coef)
     return StepWeighting(divergence, valid, weights_per_step, advantages)
