@@ -256,3 +256,47 @@ def test_rows_no_reward_applies_to_are_an_error(tokenizer):
         evaluate(None, tokenizer, [{"prompt": "q", "answer": None}], backend=backend,
                  reward_funcs=[make_math_reward(strict=True)], environment_factory=EchoTool,
                  config=EvaluationConfig(num_samples=1, max_completion_length=64))
+
+
+def test_a_model_is_evaluated_in_its_training_format_and_system_prompt(tokenizer):
+    """EvaluationConfig.from_training_args carries the rollout options of training: the json tool-call format
+    is parsed and run, the tool output is cut at the training length, the system prompt is put first."""
+    from sod_trainer import SODConfig
+
+    training = SODConfig(output_dir="unused", tool_call_format="json", max_tool_response_chars=40,
+                         max_tool_calling_iterations=3, report_to=[])
+    config = EvaluationConfig.from_training_args(training, num_samples=1, system_prompt="You are terse.",
+                                                 max_completion_length=512, )
+    assert (config.tool_call_format, config.max_tool_response_chars, config.max_turns) == ("json", 40, 3)
+    contexts = []
+
+    def script(problem, sample, turn):
+        if turn == 0:
+            return 'Sample 0. <tool_call>{"name": "code_interpreter", "arguments": {"code": "print(10 ** 60)"}}</tool_call>'
+        return "\\boxed{2}"
+
+    backend = PerSampleBackend(tokenizer, script)
+    generate = backend.generate
+    backend.generate = lambda c, m, s=(): contexts.extend(tokenizer.decode(x) for x in c) or generate(c, m, s)
+    report = evaluate(None, tokenizer, [{"prompt": [{"role": "user", "content": "1 + 1?"}], "answer": "2"}],
+                      backend=backend, reward_funcs=[make_math_reward(strict=True)], config=config)
+    assert "<|im_start|>system\nYou are terse.<|im_end|>" in contexts[0]
+    assert "10000000000" in contexts[1] and "0" * 41 not in contexts[1]  # the call ran; output cut at 40 characters
+    assert report.mean["tool_calls_per_trajectory"] == 1.0 and report.mean["average@1"] == 1.0
+    with pytest.raises(TypeError, match="no field"):
+        EvaluationConfig.from_training_args(training, temprature=0.5)
+
+
+def test_sod_eval_flags_reach_the_evaluation_config():
+    from sod_trainer.evaluation import build_parser, config_from_args
+    from sod_trainer.prompts import TOOL_SYSTEM_PROMPT
+
+    base = ["--model", "m", "--benchmark", "toy"]
+    config = config_from_args(build_parser().parse_args(base))
+    assert config.system_prompt == TOOL_SYSTEM_PROMPT and config.tool_call_format == "fenced"
+    args = build_parser().parse_args(base + ["--tool-call-format", "json", "--chat-template-kwargs",
+                                             '{"enable_thinking": false}', "--system-prompt", "none",
+                                             "--max-tool-response-chars", "99"])
+    config = config_from_args(args)
+    assert (config.tool_call_format, config.chat_template_kwargs, config.system_prompt,
+            config.max_tool_response_chars) == ("json", {"enable_thinking": False}, None, 99)

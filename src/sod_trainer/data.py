@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .benchmarks_data import CODE_STARTER_TEMPLATE, CODE_STDIN_TEMPLATE, MATH_TEMPLATE, MULTIPLE_CHOICE_TEMPLATE
+from .prompts import CODE_STARTER_TEMPLATE, CODE_STDIN_TEMPLATE, MATH_TEMPLATE, MULTIPLE_CHOICE_TEMPLATE, TOOL_SYSTEM_PROMPT
 
 __all__ = [
     "DatasetRowError",
@@ -137,15 +137,6 @@ def encode_prompt(
 # Prompt templates
 # --------------------------------------------------------------------------------------------
 
-TOOL_SYSTEM_PROMPT = (
-    "You can run Python code to help you: write it in a ```python block and stop. The code runs in a fresh "
-    "Python process and its printed output (or error) is shown to you before you continue. Use the tool as "
-    "often as you need, then give your final answer."
-)
-"""The default system prompt of templated rows **[ours]**: the paper's tool (SOD_SPEC §7) described in
-words. The paper does not print its prompts; this one asks for exactly its tool-call format."""
-
-
 PROMPT_TEMPLATES: dict[str, str] = {
     "math": MATH_TEMPLATE,
     "multiple_choice": MULTIPLE_CHOICE_TEMPLATE,
@@ -154,7 +145,7 @@ PROMPT_TEMPLATES: dict[str, str] = {
 }
 """``str.format`` templates by kind: ``math`` (``{problem}``), ``multiple_choice`` (``{problem}``,
 ``{choices}``, ``{letters}``), ``code`` (``{problem}``), ``code_starter`` (``{problem}``, ``{starter_code}``).
-They are the evaluation benchmarks' templates (:mod:`sod_trainer.benchmarks_data`), so a student is trained
+They are the evaluation benchmarks' templates (:mod:`sod_trainer.prompts`, shared with :mod:`sod_trainer.evaluation.benchmarks`), so a student is trained
 on the prompts it is evaluated with. The paper names its answer formats but does not print its prompts
 **[ours]**."""
 

@@ -1,0 +1,5 @@
+"""``python -m sod_trainer.evaluation``: the ``sod eval`` command."""
+
+from .cli import main
+
+main()
