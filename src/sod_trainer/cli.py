@@ -24,6 +24,7 @@ COMMANDS = {
     "eval": "Evaluate a model with tools (avg@k / pass@k / maj@k) on the paper's benchmarks.",
     "demo": "The offline toy world end to end: teacher, cold-start student, SOD training, before/after evaluation, in minutes on a CPU.",
     "env": "Print the versions of the stack, to paste into a bug report.",
+    "ablate": "A seeded grid of objectives x seeds x toy worlds (resumable): ablation.json, a table with paired intervals, plots.",
 }
 
 
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate("sod_trainer.evaluation", rest, "eval")
     if command == "demo":
         return _delegate("sod_trainer.toy.demo", rest, "demo")
+    if command == "ablate":
+        return _delegate("sod_trainer.ablation", rest, "ablate")
     if rest and rest[0] in ("-h", "--help"):
         print("usage: sod env\n\n" + COMMANDS["env"])
         return 0

@@ -1,0 +1,81 @@
+"""`sod ablate`: the grid runs every arm from one cold start per seed, resumes where it stopped, and reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sod_trainer.ablation import ARMS, AblationSettings, main, run_ablation
+from sod_trainer.ablation.grid import run_path
+
+
+def _tiny(**overrides) -> AblationSettings:
+    return AblationSettings.quick(worlds=["stateless"], seeds=[3, 4], eval_problems=3, cold_start_trajectories=16,
+                                  cold_start_steps=2, diagnostics_rollouts=2, max_turns=3, **overrides)
+
+
+def test_grid_runs_arms_per_seed_resumes_and_refuses_other_settings(tmp_path, capsys):
+    settings = _tiny(arms=["sod", "uniform", "iw_opd"])
+    report = run_ablation(str(tmp_path), settings=settings, progress=False)
+    for arm in settings.arms:
+        for seed in settings.seeds:
+            run = json.loads(run_path(tmp_path, "stateless", arm, seed).read_text())
+            assert run["arm"] == arm and run["seed"] == seed and len(run["eval"]["per_problem"]) == 3
+            assert run["curve"] and run["curve"][0]["step"] == 1
+    # one cold start per (world, seed), shared by the arms
+    assert sorted(p.name for p in (tmp_path / "cold_start" / "stateless").iterdir()) == [
+        "seed3.json", "seed3.pt", "seed4.json", "seed4.pt"]
+    summary = report["summary"]["stateless"]["arms"]
+    assert set(summary) == {"sod", "uniform", "iw_opd"} and "difference_to_sod" in summary["uniform"]
+    assert (tmp_path / "ablation.md").read_text().count("| `") == 3
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert {(r["arm"], r["seed"]) for r in saved["runs"]} == {(a, s) for a in settings.arms for s in settings.seeds}
+    assert all((tmp_path / name).exists() for name in saved["plots"])
+
+    # a killed grid: one run missing; resuming runs only that one
+    victim = run_path(tmp_path, "stateless", "uniform", 4)
+    victim.unlink()
+    others = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.json")}
+    run_ablation(str(tmp_path), settings=settings, progress=False)
+    assert victim.exists()
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in others.items())
+
+    # resuming under other settings would mix runs in one table: refused, naming the difference
+    with pytest.raises(ValueError, match="train_steps: 1 -> 2"):
+        run_ablation(str(tmp_path), settings=_tiny(arms=["sod"], train_steps=2), progress=False)
+
+
+def test_unknown_arm_and_missing_sod_are_refused(tmp_path, capsys):
+    assert main(["--quick", "--output_dir", str(tmp_path), "--arms", "sod", "sideways"]) == 2
+    assert "Unknown arm(s) ['sideways']" in capsys.readouterr().err
+    assert main(["--quick", "--output_dir", str(tmp_path), "--arms", "uniform"]) == 2
+    assert "keep 'sod'" in capsys.readouterr().err
+
+
+def test_arms_cover_the_issue_list():
+    assert {"sod", "uniform", "decay", "mask_after_error", "sod_uncapped", "iw_opd", "grpo", "sod_no_grpo",
+            "uniform_no_grpo"} <= set(ARMS)
+    assert ARMS["grpo"] == {"opd_coef": 0.0} and ARMS["sod_no_grpo"]["grpo_coef"] == 0.0
+
+
+@pytest.mark.slow
+def test_quick_grid_every_arm_both_worlds(tmp_path):
+    report = run_ablation(str(tmp_path), quick=True, progress=False)
+    for world in ("stateless", "flaky"):
+        assert set(report["summary"][world]["arms"]) == set(ARMS)
+    import torch
+
+    # seeds differ: the two seeds' cold starts are different students
+    first, second = (torch.load(tmp_path / "cold_start" / "flaky" / f"seed{s}.pt") for s in (0, 1))
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_sod_ablate_is_a_cli_command(capsys):
+    from sod_trainer import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["ablate", "--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert "--output_dir" in out and "--arms" in out and "--quick" in out
