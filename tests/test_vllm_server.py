@@ -118,8 +118,10 @@ def test_served_teacher_logprobs_match_a_local_forward_pass(server, teacher_dir,
 def test_teacher_server_errors_say_what_is_wrong(server, tokenizer):
     from sod_trainer.toy.tokenizer import build_tokenizer
 
-    with pytest.raises(TeacherServerError, match="cannot be reached"):
-        ServerTeacher(f"http://127.0.0.1:{_free_port()}", tokenizer, timeout=5)
+    from sod_trainer.retry import RetryPolicy
+
+    with pytest.raises(TeacherServerError, match="is unavailable: GET /v1/models failed 2 times.*ConnectionError"):
+        ServerTeacher(f"http://127.0.0.1:{_free_port()}", tokenizer, timeout=5, retry=RetryPolicy(1, 0.1))
     with pytest.raises(TeacherServerError, match=r"serves \['tiny-teacher'\], not 'qwen3-4b'"):
         ServerTeacher(server, tokenizer, model="qwen3-4b")
     larger = build_tokenizer(corpus=["an extra corpus with other words: zebra quantum lattice " * 20], vocab_size=700)

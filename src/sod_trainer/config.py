@@ -84,6 +84,21 @@ class SODConfig(TrainingArguments):
         metadata={"help": "Score with a teacher served by vLLM's OpenAI-compatible server at this URL "
                   "(prompt log-probs) instead of a local teacher model."},
     )
+    teacher_server_timeout: float = field(
+        default=600.0, metadata={"help": "Seconds one request to the teacher server may take; a longer one counts "
+                                 "as hung and is retried."},
+    )
+    server_max_retries: int = field(
+        default=5,
+        metadata={"help": "Retries of a request to the teacher server or the vLLM generation server after a connection "
+                  "error, a timeout or an HTTP 5xx. Past the last one the trainer saves a checkpoint and stops."},
+    )
+    server_retry_backoff: float = field(
+        default=2.0, metadata={"help": "Seconds before the first retry, doubled for each next one (2, 4, 8, ...)."},
+    )
+    server_retry_max_backoff: float = field(
+        default=60.0, metadata={"help": "Longest wait between two retries, seconds."},
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in student and teacher."})
 
@@ -335,6 +350,12 @@ class SODConfig(TrainingArguments):
                      "logprob_chunk_size"):
             if getattr(self, name) <= 0:
                 fail(f"{name} must be > 0, got {getattr(self, name)}.")
+        if self.server_max_retries < 0:
+            fail(f"server_max_retries must be >= 0 (0: no retry), got {self.server_max_retries}.")
+        if self.server_retry_backoff < 0 or self.server_retry_max_backoff < 0 or self.teacher_server_timeout <= 0:
+            fail(f"server_retry_backoff={self.server_retry_backoff} and server_retry_max_backoff="
+                 f"{self.server_retry_max_backoff} must be >= 0 and teacher_server_timeout={self.teacher_server_timeout} "
+                 "> 0 (seconds).")
         if self.teacher_model_name_or_path is not None and self.teacher_server_url is not None:
             fail(f"Both teacher_model_name_or_path={self.teacher_model_name_or_path!r} and teacher_server_url="
                  f"{self.teacher_server_url!r} are set: the teacher is either loaded locally or served. Keep one.")
@@ -360,3 +381,11 @@ class SODConfig(TrainingArguments):
 
 _OWN_FIELDS = tuple(f.name for f in fields(SODConfig) if f.name not in TrainingArguments.__dataclass_fields__)
 _VLLM_FIELDS = tuple(name for name in _OWN_FIELDS if name.startswith("vllm_"))
+
+
+def retry_policy(args: SODConfig):
+    """The :class:`~sod_trainer.retry.RetryPolicy` of ``args`` (teacher and generation servers)."""
+    from .retry import RetryPolicy
+
+    return RetryPolicy(max_retries=args.server_max_retries, backoff=args.server_retry_backoff,
+                       max_backoff=args.server_retry_max_backoff)

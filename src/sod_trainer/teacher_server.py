@@ -11,6 +11,12 @@ Checked when the scorer is built, with errors that say what to do: the server an
 requested model name, it accepts the tokenizer's largest token id, and it tokenizes a probe text to
 the same ids as the trainer's tokenizer (same vocabulary). vLLM computes prompt log-probs from the raw
 logits (no temperature), so a served teacher needs ``temperature == 1`` (the paper's setting).
+
+A connection error, a timeout (``timeout`` seconds without an answer) or an HTTP 5xx is retried with
+exponential back-off (:mod:`sod_trainer.retry`; ``retry=``), logged and counted (``retries``); past the last
+retry :class:`TeacherServerUnavailableError` is raised, which the trainer turns into a checkpoint and a stop.
+We do not reuse TRL's ``VLLMClient`` here: it needs vLLM installed on the trainer's machine and does not
+report its retries; its ``get_sequence_logprobs`` asks for the same ``prompt_logprobs`` as we do.
 """
 
 from __future__ import annotations
@@ -20,17 +26,24 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 
+import requests
 import torch
+
+from .retry import RetryCounter, RetryPolicy, ServerUnavailableError, TransientServerError, call_with_retries
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ServerTeacher", "TeacherServerError"]
+__all__ = ["ServerTeacher", "TeacherServerError", "TeacherServerUnavailableError"]
 
 _PROBE_TEXT = "Compute 1234 * 56 with the tool.\n```python\nprint(1234 * 56)\n```\nThe answer is \\boxed{69104}."
 
 
 class TeacherServerError(RuntimeError):
     """The teacher server could not be used: unreachable, wrong model, mismatched vocabulary, bad request."""
+
+
+class TeacherServerUnavailableError(TeacherServerError, ServerUnavailableError):
+    """The teacher server stayed unreachable (connection errors, timeouts, HTTP 5xx) past the last retry."""
 
 
 class ServerTeacher:
@@ -42,15 +55,14 @@ class ServerTeacher:
         temperature: must be 1.0 (vLLM's prompt log-probs are of the untempered distribution).
         model: the served model name; default the server's only (or first) model.
         batch_size: sequences per request. max_concurrent: requests in flight.
-        timeout: seconds per HTTP request. check: run the start-up checks.
+        timeout: seconds per HTTP request before it counts as hung (and is retried).
+        retry: retries of a failed request (default :class:`~sod_trainer.retry.RetryPolicy`: 5, from 2 s).
+        check: run the start-up checks.
     """
 
     def __init__(self, base_url: str, tokenizer, temperature: float = 1.0, *, model: str | None = None,
-                 batch_size: int = 8, max_concurrent: int = 4, timeout: float = 600.0, check: bool = True):
-        try:
-            import requests
-        except ImportError as error:  # pragma: no cover - requests comes with transformers/trl
-            raise ImportError("A teacher server needs the `requests` package: pip install requests") from error
+                 batch_size: int = 8, max_concurrent: int = 4, timeout: float = 600.0,
+                 retry: RetryPolicy | None = None, check: bool = True):
         if temperature != 1.0:
             raise ValueError(
                 f"temperature={temperature}: vLLM returns prompt log-probs of the untempered teacher (temperature 1), "
@@ -64,7 +76,8 @@ class ServerTeacher:
         self.max_concurrent = max(1, max_concurrent)
         self.timeout = timeout
         self.session = requests.Session()
-        self._requests = requests
+        self.retry = retry or RetryPolicy()
+        self.retries = RetryCounter()
         self.model = model
         if check:
             self.check()
@@ -73,15 +86,22 @@ class ServerTeacher:
 
     # ------------------------------------------------------------------ HTTP
     def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
-        url = f"{self.base_url}{path}"
         try:
-            response = self.session.request(method, url, json=payload, timeout=self.timeout)
-        except self._requests.exceptions.RequestException as error:
-            raise TeacherServerError(
-                f"The teacher server at {self.base_url} cannot be reached ({type(error).__name__}: {error}). Start it, "
-                "e.g. `vllm serve TEACHER_PATH --host 0.0.0.0 --port 8000`, and set teacher_server_url to its "
-                "address (http://HOST:PORT)."
-            ) from error
+            return call_with_retries(lambda: self._request_once(method, path, payload), self.retry,
+                                     server="teacher server", url=self.base_url, counter=self.retries,
+                                     what=f"{method} {path}")
+        except ServerUnavailableError as error:
+            raise TeacherServerUnavailableError(
+                f"{error} Start the server, e.g. `vllm serve TEACHER_PATH --host 0.0.0.0 --port 8000`, and set "
+                "teacher_server_url to its address (http://HOST:PORT).",
+                server=error.server, url=error.url, attempts=error.attempts,
+            ) from error.__cause__
+
+    def _request_once(self, method: str, path: str, payload: dict | None) -> dict:
+        url = f"{self.base_url}{path}"
+        response = self.session.request(method, url, json=payload, timeout=self.timeout)
+        if response.status_code >= 500:
+            raise TransientServerError(f"HTTP {response.status_code} from {path}: {response.text[:200]}")
         if response.status_code != 200:
             try:
                 message = response.json().get("error", {}).get("message") or response.text
@@ -117,6 +137,8 @@ class ServerTeacher:
         largest = len(self.tokenizer) - 1
         try:
             self._prompt_logprobs([[0, largest]])
+        except TeacherServerUnavailableError:
+            raise
         except TeacherServerError as error:
             raise TeacherServerError(
                 f"The teacher server rejected token id {largest}, the largest id of the trainer's tokenizer "
@@ -126,6 +148,8 @@ class ServerTeacher:
         try:
             served = self._request("POST", "/tokenize", {"model": self.model, "prompt": _PROBE_TEXT,
                                                         "add_special_tokens": False})["tokens"]
+        except TeacherServerUnavailableError:
+            raise
         except (TeacherServerError, KeyError) as error:
             logger.warning("Could not compare tokenizers with the teacher server (%s); assuming they match.", error)
             return

@@ -21,12 +21,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, T
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 from transformers.utils import is_peft_available
 
-from .config import SODConfig
+from .config import SODConfig, retry_policy
 from .environments import PythonSandbox, PythonToolEnvironment, SandboxConfig, ToolEnvironment
 from .interrupt import InterruptCallback, InterruptHandler, TrainingInterrupted
 from .logprobs import sampled_token_logprobs
 from .rollout import HFGenerationBackend, RolloutEngine, ToolResponseFormatter
 from .on_policy import OnPolicyWeighting, is_on_policy
+from .retry import ServerUnavailableError
 from .scoring import RolloutScorer, ScoredBatch, fill_samples
 from .segmenters import StepSegmenter, get_segmenter
 from .teacher import LocalTeacher, check_vocabularies
@@ -176,7 +177,8 @@ class SODTrainer(Trainer):
             from .teacher_server import ServerTeacher  # vLLM prompt log-probs over HTTP
 
             self.teacher_model = None
-            teacher = ServerTeacher(args.teacher_server_url, processing_class, temperature=args.temperature)
+            teacher = ServerTeacher(args.teacher_server_url, processing_class, temperature=args.temperature,
+                                    timeout=args.teacher_server_timeout, retry=retry_policy(args))
         else:  # plain GRPO (opd_coef=0): no teacher to load or score with
             self.teacher_model = None
             teacher = None
@@ -286,8 +288,20 @@ class SODTrainer(Trainer):
         self.model.train(was_training)
         for key, value in batch.metrics.items():
             self._metrics[mode][key].append(value)
+        for key, counter in self._retry_counters().items():  # retries during this batch's rollout and scoring
+            self._metrics[mode][key].append(float(counter.pop()))
         self._last_samples = batch.samples
         return batch
+
+    def _retry_counters(self) -> dict[str, Any]:
+        counters = {}
+        teacher_retries = getattr(self.scorer.teacher, "retries", None)
+        if teacher_retries is not None:
+            counters["server/teacher_retries"] = teacher_retries
+        generation_retries = getattr(self.rollout_engine.backend, "retries", None)
+        if generation_retries is not None:
+            counters["server/generation_retries"] = generation_retries
+        return counters
 
     def _student_logprobs(self, input_ids, attention_mask, completion_start, token_mask, with_entropy=False):
         return sampled_token_logprobs(
@@ -395,18 +409,29 @@ class SODTrainer(Trainer):
                 output.metrics["interrupted"] = 1.0
             return output
         except TrainingInterrupted as interruption:
-            # rollouts start an optimizer step, so the model is at the end of global_step: save that
-            self.model.zero_grad(set_to_none=True)
-            self._buffered_inputs = None
-            self._step = self.state.global_step * self.args.gradient_accumulation_steps
-            self._save_checkpoint(self.model, trial=None)
-            folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = self._save_at_step_boundary()
             logger.warning("Training interrupted by %s: saved %s; resume with train(resume_from_checkpoint=True).",
                            interruption, folder)
-            self.control.should_training_stop = True
             return TrainOutput(self.state.global_step, float("nan"), {"interrupted": 1.0})
+        except ServerUnavailableError as error:
+            folder = self._save_at_step_boundary()
+            message = (f"{error}\nSaved {folder} (step {self.state.global_step}) and stopped. Once the {error.server} "
+                       "answers again, resume with trainer.train(resume_from_checkpoint=True) (`sod train ... "
+                       "--resume_from_checkpoint true`); it continues from that step.")
+            logger.error(message)
+            raise type(error)(message, server=error.server, url=error.url, attempts=error.attempts) from error
         finally:
             self.interrupt_handler.restore()
+
+    def _save_at_step_boundary(self) -> str:
+        """Save the model as of the last finished optimizer step (a rollout starts a step, so a stop during
+        one drops only that step's partial work) and return the checkpoint folder."""
+        self.model.zero_grad(set_to_none=True)
+        self._buffered_inputs = None
+        self._step = self.state.global_step * self.args.gradient_accumulation_steps
+        self._save_checkpoint(self.model, trial=None)
+        self.control.should_training_stop = True
+        return os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
 
     def _sod_state_path(self, folder: str) -> str:
         return os.path.join(folder, f"sod_state_{self.accelerator.process_index}.pt")

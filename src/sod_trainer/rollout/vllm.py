@@ -42,6 +42,8 @@ from typing import Any
 
 import torch
 
+from ..config import retry_policy
+from ..retry import RetryCounter, RetryPolicy, call_with_retries
 from .hf import cut_at_stop
 from .types import GenerationOutput
 
@@ -117,6 +119,12 @@ def _generation_class():
                         "Start it first, e.g. `trl vllm-serve --model PATH` or `vllm serve PATH "
                         "--weight-transfer-config '{\"backend\": \"nccl\"}'`, and set vllm_server_base_url."
                     ) from error
+                # retries are the backend's (counted, configurable: server_max_retries), not urllib3's hidden ones
+                from requests.adapters import HTTPAdapter
+
+                adapter = HTTPAdapter(max_retries=0, pool_maxsize=64)
+                self.vllm_client.session.mount("http://", adapter)
+                self.vllm_client.session.mount("https://", adapter)
                 if self.server_weight_sync and accelerator.is_main_process:
                     if _is_cpu(accelerator.device):
                         raise RuntimeError(
@@ -201,6 +209,9 @@ class VLLMBackend:
         current_step: returns the optimizer step of the training weights (``trainer.state.global_step``); the
             engine is re-synced when it changed. ``None``: never synced automatically.
         max_concurrent_requests: server mode, requests in flight at once (one per distinct token budget).
+        retry: server mode, retries of a request after a connection error, timeout or HTTP 5xx
+            (:class:`~sod_trainer.retry.RetryPolicy`); counted in ``retries``. Past the last one
+            :class:`~sod_trainer.retry.ServerUnavailableError` (the trainer saves a checkpoint and stops).
     """
 
     def __init__(
@@ -217,6 +228,7 @@ class VLLMBackend:
         generation_kwargs: dict | None = None,
         current_step: Callable[[], int] | None = None,
         max_concurrent_requests: int = 8,
+        retry: RetryPolicy | None = None,
     ):
         self.generation = generation
         self.mode = generation.mode
@@ -236,6 +248,8 @@ class VLLMBackend:
         self.last_synced_step: int | None = None
         self.num_syncs = 0
         self.max_concurrent_requests = max_concurrent_requests
+        self.retry = retry or RetryPolicy()
+        self.retries = RetryCounter() if self.mode == "server" else None
         self._window_depth = 0
 
     # ------------------------------------------------------------------ weights and the wake window
@@ -336,11 +350,12 @@ class VLLMBackend:
             for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "n", "max_tokens"):
                 params.pop(key)
             extra.update(params)  # remaining generation_kwargs
-            response = client.generate(
+            response = call_with_retries(lambda: client.generate(
                 prompts=[list(contexts[i]) for i in indices], n=1, repetition_penalty=self.sampling["repetition_penalty"],
                 temperature=self.sampling["temperature"], top_p=self.sampling["top_p"], top_k=self.sampling["top_k"],
                 min_p=self.sampling["min_p"], max_tokens=budget, logprobs=None, generation_kwargs=extra,
-            )
+            ), self.retry, server="vLLM generation server", url=str(getattr(client, "base_url", "")),
+                counter=self.retries, what="generate")
             return indices, response["completion_ids"]
 
         outputs: list[GenerationOutput | None] = [None] * len(contexts)
@@ -436,4 +451,5 @@ def make_vllm_backend(trainer) -> VLLMBackend:
         generation, tokenizer, eos_token_ids=extra_eos, temperature=args.temperature, top_p=args.top_p,
         top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
         generation_kwargs=generation_kwargs, current_step=lambda: trainer.state.global_step,
+        retry=retry_policy(args),
     )
