@@ -99,7 +99,11 @@ def test_reward_that_gets_no_answer_column_warns_once(sod_logs):
 # ------------------------------------------------------------------------------------------ teacher
 
 
-def test_teacher_with_another_tokenizer_of_the_same_size_is_rejected(tokenizer, tmp_path):
+def test_teacher_with_another_saved_tokenizer_of_the_same_size_takes_the_cross_path(tokenizer, tmp_path, caplog):
+    """Same vocabulary size, other ids: the teacher's saved tokenizer is found, so the teacher scores the student's
+    text in its own tokenization (logged), instead of scoring ids that mean other tokens to it (issue 19)."""
+    from sod_trainer.teacher import LocalTeacher
+    from sod_trainer.teacher_cross import CrossTokenizerTeacher
     from sod_trainer.toy.tokenizer import build_tokenizer
 
     other = build_tokenizer(["zebra quantum xylophone " * 50 + "lorem ipsum dolor sit amet consectetur " * 30])
@@ -110,16 +114,13 @@ def test_teacher_with_another_tokenizer_of_the_same_size_is_rejected(tokenizer, 
         teacher_tokenizer.save_pretrained(tmp_path / name)
         teacher = make_tiny_model(tokenizer, seed=1)
         teacher.config._name_or_path = str(tmp_path / name)  # as from_pretrained(path) leaves it
-        make = lambda: SODTrainer(model=make_tiny_model(tokenizer), teacher_model=teacher, args=args,  # noqa: E731
-                                  train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer,
-                                  reward_funcs=[reward])
-        if name == "same":
-            make()
-        else:
-            with pytest.raises(ValueError, match=r"The teacher's tokenizer \(.*other\) is not the student's: \d+ of "
-                                                 r"512 tokens have other ids \('.*' is \d+ for the student and \d+ "
-                                                 r"for the teacher"):
-                make()
+        with caplog.at_level("INFO", logger="sod_trainer.teacher"):
+            trainer = SODTrainer(model=make_tiny_model(tokenizer), teacher_model=teacher, args=args,
+                                 train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer,
+                                 reward_funcs=[reward])
+        expected = LocalTeacher if name == "same" else CrossTokenizerTeacher
+        assert type(trainer.scorer.teacher) is expected, name
+    assert caplog.text.count("cross-tokenizer path") == 1
 
 
 def test_tokenizer_without_chat_template_is_rejected(tokenizer, tmp_path):

@@ -28,6 +28,8 @@ class SODConfig(TrainingArguments):
         model_init_kwargs: kwargs for `AutoModelForCausalLM.from_pretrained` when `model` is a name or path.
         teacher_model_name_or_path: the teacher, when `SODTrainer(teacher_model=None)`.
         teacher_model_init_kwargs: kwargs for loading the teacher.
+        teacher_tokenizer_name_or_path: the teacher's tokenizer when it differs from the student's (cross-tokenizer
+            distillation; TRL GOLD's name).
         disable_dropout: disable dropout in student and teacher (log-probs must be deterministic).
 
     Parameters that control the data:
@@ -78,6 +80,12 @@ class SODConfig(TrainingArguments):
     )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Keyword arguments for loading the teacher when it is a string."}
+    )
+    teacher_tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The teacher's tokenizer (TRL GOLD's name), when it is not the student's: the teacher then "
+                  "scores the student's text in its own tokenization, aligned with the student's tokens on the "
+                  "text. Default: the tokenizer saved with the teacher; the student's when none is found."},
     )
     teacher_server_url: str | None = field(
         default=None,

@@ -24,6 +24,7 @@ __all__ = [
     "group_advantages",
     "combined_advantages",
     "clipped_surrogate_loss",
+    "spread_span_logps",
 ]
 
 STEP_WEIGHTING_SCHEMES = ("sod", "uniform", "decay", "mask_after_error", "sod_uncapped", "iw_opd")
@@ -260,6 +261,31 @@ def combined_advantages(
     reverse_kl_reward = teacher_logps.detach().to(dtype) - student_logps.detach().to(dtype)
     return (grpo_coef * sequence_advantages.detach().to(dtype).unsqueeze(1)
             + opd_coef * weights.detach().to(dtype) * reverse_kl_reward)
+
+
+def spread_span_logps(student_logps: torch.Tensor, span_logps: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token teacher log-probs ``q_t`` from span log-probs of a teacher with another tokenizer.
+
+    ``span_ids`` ``(B, T)`` numbers the aligned spans of each row (-1: no span); ``span_logps`` holds each span's
+    teacher log-prob ``Q`` summed over the span's tokens (e.g. all on its last token). A span of ``n`` student
+    tokens with student log-prob ``S = sum s_t`` gets ``q_t = s_t + (Q - S) / n``: the span's ``q - s`` is
+    conserved and shared evenly by its tokens. One-token spans keep ``q_t = Q`` exactly; tokens outside every
+    span get ``q_t = s_t`` (no distillation signal; the trainer also leaves them out of the loss).
+    """
+    dtype = _working_dtype(student_logps, span_logps)
+    student = student_logps.detach().to(dtype)
+    on_span = span_ids >= 0
+    index = span_ids.clamp(min=0)
+    zero = torch.zeros((), dtype=dtype, device=student.device)
+    width = int(span_ids.max().item()) + 1 if span_ids.numel() and span_ids.max() >= 0 else 1
+    sums = torch.zeros(span_ids.shape[0], width, dtype=dtype, device=student.device)
+    student_sum = sums.scatter_add(1, index, torch.where(on_span, student, zero))
+    teacher_sum = sums.scatter_add(1, index, torch.where(on_span, span_logps.detach().to(dtype), zero))
+    count = sums.scatter_add(1, index, on_span.to(dtype))
+    share = ((teacher_sum - student_sum) / count.clamp(min=1)).gather(1, index)
+    single = count.gather(1, index) == 1
+    spread = torch.where(single, span_logps.detach().to(dtype), student + share)
+    return torch.where(on_span, spread, student)
 
 
 def clipped_surrogate_loss(

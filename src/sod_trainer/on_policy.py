@@ -61,7 +61,7 @@ class OnPolicyWeighting:
         bad_rows = (~torch.isfinite(old_logps) & inputs["loss_mask"].bool()).any(1)
         clean_old = torch.nan_to_num(old_logps, nan=0.0, posinf=0.0, neginf=0.0)
         weighting = weigh_steps(self.args, clean_old, teacher_logps, inputs["step_ids"], inputs["error_steps"],
-                                inputs["sequence_advantages"])
+                                inputs["sequence_advantages"], inputs.get("teacher_spans"))
         loss_mask = inputs["loss_mask"]
         if bad_rows.any():
             loss_mask = loss_mask.clone()
@@ -70,7 +70,7 @@ class OnPolicyWeighting:
             "divergence": weighting.divergence.cpu(), "valid": weighting.valid.cpu(),
             "weights": weighting.weights_per_step.cpu(),
             "entropy": (entropy[assistant_mask] if entropy is not None else torch.zeros(0)).cpu(),
-            "reverse_kl": (clean_old - teacher_logps)[assistant_mask].cpu(),
+            "reverse_kl": (clean_old - weighting.teacher_logps)[assistant_mask].cpu(),
             "nonfinite": (bad_rows | inputs["nonfinite_rows"]).sum().cpu(),
         })
         advantages = weighting.advantages

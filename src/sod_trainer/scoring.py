@@ -21,7 +21,7 @@ import torch
 
 from .data import encode_prompt, row_to_messages
 from .metrics import PATTERNS, per_step_means, weight_patterns
-from .objective import combined_advantages, group_advantages, step_and_token_weights
+from .objective import combined_advantages, group_advantages, spread_span_logps, step_and_token_weights
 from .rollout.types import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -41,11 +41,18 @@ class StepWeighting:
     valid: torch.Tensor  # (B, K): step k exists
     weights_per_step: torch.Tensor  # (B, K)
     advantages: torch.Tensor  # (B, C)
+    teacher_logps: torch.Tensor | None = None  # (B, C) the q_t used (spread over spans for a cross-tokenizer teacher)
 
 
 def weigh_steps(args, old_logps: torch.Tensor, teacher_logps: torch.Tensor, step_ids: torch.Tensor,
-                error_steps: torch.Tensor, sequence_advantages: torch.Tensor) -> StepWeighting:
-    """Step divergences, step weights and per-token advantages from π_old's and the teacher's log-probs."""
+                error_steps: torch.Tensor, sequence_advantages: torch.Tensor,
+                teacher_spans: torch.Tensor | None = None) -> StepWeighting:
+    """Step divergences, step weights and per-token advantages from π_old's and the teacher's log-probs.
+
+    ``teacher_spans``: span ids from a teacher with another tokenizer; ``teacher_logps`` then holds span
+    log-probs, spread over each span's tokens first (:func:`~sod_trainer.objective.spread_span_logps`)."""
+    if teacher_spans is not None:
+        teacher_logps = spread_span_logps(old_logps, teacher_logps, teacher_spans)
     divergence, valid, weights_per_step, weights = step_and_token_weights(
         old_logps, teacher_logps, step_ids, scheme=args.step_weighting, epsilon=args.sod_epsilon,
         delta=args.sod_delta, error_steps=error_steps, decay=args.decay_rate,
@@ -53,7 +60,7 @@ def weigh_steps(args, old_logps: torch.Tensor, teacher_logps: torch.Tensor, step
     )
     advantages = combined_advantages(sequence_advantages, old_logps, teacher_logps, weights,
                                      grpo_coef=args.grpo_coef, opd_coef=args.opd_coef)
-    return StepWeighting(divergence, valid, weights_per_step, advantages)
+    return StepWeighting(divergence, valid, weights_per_step, advantages, teacher_logps)
 
 
 @dataclass
@@ -227,7 +234,15 @@ class RolloutScorer:
             student = self._in_row_chunks(student_logprobs, tensors, with_entropy=True)
             old_logps = torch.cat([logps for logps, _ in student])
             entropy = torch.cat([ent for _, ent in student])
-        if self.teacher is not None:
+        teacher_spans = None
+        if self.teacher is not None and hasattr(self.teacher, "score_trajectories"):  # another tokenizer
+            cross = self.teacher.score_trajectories(
+                trajectories, prompts, tensors["assistant_mask"].shape[1],
+                rows_per_call=max(1, args.per_device_train_batch_size), device=device)
+            teacher_logps, teacher_spans = cross.logps, cross.span_ids
+            unaligned = tensors["assistant_mask"].bool() & ~cross.aligned
+            reward_metrics = {**reward_metrics, **self._cross_metrics(cross.stats)}
+        elif self.teacher is not None:
             teacher_logps = torch.cat(self._in_row_chunks(self.teacher.score, tensors)).to(device)
         else:  # plain GRPO: no distillation term, divergences are 0
             teacher_logps = None if on_policy else old_logps.clone()
@@ -238,6 +253,8 @@ class RolloutScorer:
         sequence_advantages = group_advantages(rewards, args.num_generations,
                                                scale=args.scale_rewards == "group").to(device)
         loss_mask = assistant_mask.clone()
+        if teacher_spans is not None:  # tokens the teacher's tokenization cannot be aligned with: no signal
+            loss_mask[unaligned] = 0
         if args.mask_truncated_completions:
             truncated = torch.tensor([t.truncated for t in trajectories], device=device)
             loss_mask[truncated] = 0
@@ -260,16 +277,19 @@ class RolloutScorer:
                                  sequence_advantages=sequence_advantages, nonfinite_rows=bad_rows)
             if teacher_logps is not None:
                 batch_tensors["teacher_logps"] = torch.nan_to_num(teacher_logps, nan=0.0, posinf=0.0, neginf=0.0)
+            if teacher_spans is not None:
+                batch_tensors["teacher_spans"] = teacher_spans
             samples = self._samples(trajectories, prompts, rewards, None)
         else:
-            weighting = weigh_steps(args, old_logps, teacher_logps, step_ids, error_steps, sequence_advantages)
+            weighting = weigh_steps(args, old_logps, teacher_logps, step_ids, error_steps, sequence_advantages,
+                                    teacher_spans)
             advantages = weighting.advantages
             if bad_rows.any():
                 advantages = torch.nan_to_num(advantages, nan=0.0, posinf=0.0, neginf=0.0)
                 old_logps = torch.nan_to_num(old_logps, nan=0.0, posinf=0.0, neginf=0.0)
             batch_tensors.update(old_logps=old_logps, advantages=advantages)
             mask = assistant_mask.bool()
-            metrics.update(self.student_metrics(weighting, entropy[mask], (old_logps - teacher_logps)[mask],
+            metrics.update(self.student_metrics(weighting, entropy[mask], (old_logps - weighting.teacher_logps)[mask],
                                                 int(bad_rows.sum())))
             samples = self._samples(trajectories, prompts, rewards, weighting)
         reduce_sum = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
@@ -277,6 +297,15 @@ class RolloutScorer:
                            loss_type=args.loss_type)
 
     # ------------------------------------------------------------------ diagnostics
+    def _cross_metrics(self, stats: dict[str, float]) -> dict[str, float]:
+        """A cross-tokenizer teacher's alignment counts: summed over processes, ratios and times averaged."""
+        summed = ("teacher/unaligned_tokens",)
+        values = torch.tensor([stats[key] for key in stats], dtype=torch.float64, device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="sum")
+        processes = max(1, self.accelerator.num_processes)
+        return {key: float(value) if key in summed else float(value) / processes
+                for key, value in zip(stats, values.tolist())}
+
     def _gather_mean(self, values: list[float]) -> float:
         tensor = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=self.accelerator.device)
         total = self.accelerator.reduce(tensor, reduction="sum")

@@ -10,7 +10,7 @@ import torch
 
 from .logprobs import sampled_token_logprobs
 
-__all__ = ["TeacherScorer", "LocalTeacher", "check_vocabularies", "compare_tokenizers"]
+__all__ = ["TeacherScorer", "LocalTeacher", "check_vocabularies", "compare_tokenizers", "resolve_teacher_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +59,10 @@ def check_vocabularies(student: torch.nn.Module, teacher: torch.nn.Module, token
     student_size, teacher_size = vocab_size(student), vocab_size(teacher)
     if student_size != teacher_size:
         raise ValueError(
-            f"The teacher's vocabulary has {teacher_size} tokens but the student's has {student_size}. SOD scores "
-            "the student's sampled token ids with the teacher, so both must share one tokenizer. Use a teacher "
-            "from the same model family (e.g. Qwen3-4B for a Qwen3-0.6B student)."
+            f"The teacher's vocabulary has {teacher_size} tokens but the student's has {student_size}, and the "
+            "teacher's tokenizer was not found. To distill across tokenizers, pass SODTrainer("
+            "teacher_processing_class=...) or set SODConfig.teacher_tokenizer_name_or_path; or use a teacher from "
+            "the same model family (e.g. Qwen3-4B for a Qwen3-0.6B student)."
         )
     if len(tokenizer) > student_size:
         raise ValueError(
@@ -74,6 +75,47 @@ def check_vocabularies(student: torch.nn.Module, teacher: torch.nn.Module, token
         teacher_tokenizer = _saved_tokenizer(source, tokenizer)
     if teacher_tokenizer is not None:
         compare_tokenizers(tokenizer, teacher_tokenizer, source)
+
+
+def resolve_teacher_tokenizer(student: torch.nn.Module | None, teacher: torch.nn.Module | None, tokenizer,
+                              teacher_tokenizer=None):
+    """The teacher's tokenizer when it differs from the student's (the cross-tokenizer path), else None (the
+    shared-tokenizer fast path, checked with :func:`check_vocabularies` for a local teacher).
+
+    ``teacher_tokenizer`` defaults to the tokenizer saved next to a local teacher's weights (never downloaded).
+    """
+    from .logprobs import unwrap_causal_lm
+
+    source = "teacher_processing_class"
+    if teacher_tokenizer is None and teacher is not None:
+        source = getattr(getattr(unwrap_causal_lm(teacher), "config", None), "_name_or_path", "") or ""
+        teacher_tokenizer = _saved_tokenizer(source, tokenizer)
+    if teacher_tokenizer is not None and not same_tokenizer(tokenizer, teacher_tokenizer):
+        if teacher is not None:
+            weight = unwrap_causal_lm(teacher).get_output_embeddings().weight
+            size = int(getattr(weight, "ds_shape", weight.shape)[0])
+            if len(teacher_tokenizer) > size:
+                raise ValueError(
+                    f"The teacher's tokenizer ({source}) has {len(teacher_tokenizer)} tokens but the teacher model's "
+                    f"vocabulary only {size}: it is not the teacher's tokenizer. Pass the one saved with the teacher.")
+        logger.info("The teacher's tokenizer (%s) differs from the student's: teacher log-probs are computed on "
+                    "the teacher's own tokenization and aligned with the student's tokens on the text "
+                    "(cross-tokenizer path).", source)
+        return teacher_tokenizer
+    if student is not None and teacher is not None:
+        check_vocabularies(student, teacher, tokenizer, teacher_tokenizer)
+    return None
+
+
+def same_tokenizer(tokenizer, other) -> bool:
+    """Whether ``other`` gives the student's tokens the same ids (what :func:`compare_tokenizers` accepts)."""
+    if other is tokenizer:
+        return True
+    try:
+        compare_tokenizers(tokenizer, other)
+    except ValueError:
+        return False
+    return True
 
 
 def _saved_tokenizer(path: str, tokenizer):

@@ -30,7 +30,7 @@ from .on_policy import OnPolicyWeighting, is_on_policy
 from .retry import ServerUnavailableError
 from .scoring import RolloutScorer, ScoredBatch, fill_samples
 from .segmenters import StepSegmenter, get_segmenter
-from .teacher import LocalTeacher, check_vocabularies
+from .teacher import LocalTeacher, resolve_teacher_tokenizer
 from .validation import check_chat_template, validate_prompts, validate_reward_columns
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ class SODTrainer(Trainer):
             trajectory; default a :class:`PythonToolEnvironment` built from ``args``.
         step_segmenter: a :class:`StepSegmenter`; default from ``args.step_segmenter``.
         peft_config: a ``peft.PeftConfig`` to train adapters instead of the full student.
+        teacher_processing_class: the teacher's tokenizer, when it is not the student's (default
+            ``args.teacher_tokenizer_name_or_path``, else the one saved with the teacher). A tokenizer that
+            differs from the student's selects the cross-tokenizer path (``teacher_cross.py``), logged.
     """
 
     _tag_names = ["trl", "sod"]
@@ -93,6 +96,7 @@ class SODTrainer(Trainer):
         callbacks=None,
         optimizers=(None, None),
         peft_config=None,
+        teacher_processing_class=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
@@ -114,8 +118,13 @@ class SODTrainer(Trainer):
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         check_chat_template(processing_class, args.chat_template_kwargs)
-        if teacher_model is not None:
-            check_vocabularies(model, teacher_model, processing_class)
+        if teacher_processing_class is None and args.teacher_tokenizer_name_or_path is not None:
+            teacher_processing_class = AutoTokenizer.from_pretrained(args.teacher_tokenizer_name_or_path,
+                                                                     trust_remote_code=args.trust_remote_code)
+        teacher_tokenizer = resolve_teacher_tokenizer(model, teacher_model, processing_class,
+                                                      teacher_processing_class)
+        if teacher_tokenizer is not None:
+            check_chat_template(teacher_tokenizer, args.chat_template_kwargs)
         if peft_config is not None:
             if not is_peft_available():
                 raise ImportError("peft_config needs the `peft` package: pip install peft")
@@ -177,8 +186,9 @@ class SODTrainer(Trainer):
             from .teacher_server import ServerTeacher  # vLLM prompt log-probs over HTTP
 
             self.teacher_model = None
-            teacher = ServerTeacher(args.teacher_server_url, processing_class, temperature=args.temperature,
-                                    timeout=args.teacher_server_timeout, retry=retry_policy(args))
+            teacher = ServerTeacher(args.teacher_server_url, teacher_tokenizer or processing_class,
+                                    temperature=args.temperature, timeout=args.teacher_server_timeout,
+                                    retry=retry_policy(args))
         else:  # plain GRPO (opd_coef=0): no teacher to load or score with
             self.teacher_model = None
             teacher = None
@@ -202,6 +212,13 @@ class SODTrainer(Trainer):
             should_stop=self.interrupt_handler.check,
             any_process_live=self._any_process_live if self._generation_is_collective() else None,
         )
+        if teacher is not None and teacher_tokenizer is not None:
+            from .teacher_cross import CrossTokenizerTeacher
+
+            teacher = CrossTokenizerTeacher(teacher, processing_class, teacher_tokenizer,
+                                            chat_template_kwargs=args.chat_template_kwargs,
+                                            eos_token_ids=[i for i in self.rollout_engine.eos_token_ids if i is not None])
+        self.teacher_processing_class = teacher_tokenizer
         self.scorer = RolloutScorer(
             args=args, tokenizer=processing_class, teacher=teacher, segmenter=segmenter,
             reward_funcs=list(reward_funcs), accelerator=self.accelerator,

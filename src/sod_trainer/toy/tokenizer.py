@@ -22,6 +22,16 @@ CHATML_TEMPLATE = (
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
+# another family's chat template (Llama 3 style): other special tokens, other glue around turns and tool outputs
+HEADER_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- set role = 'ipython' if message['role'] == 'tool' else message['role'] %}"
+    "{{- '<|start_header_id|>' + role + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+HEADER_SPECIAL_TOKENS = ["<|finetune_pad|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
 _BASE_CORPUS = """You are a helpful assistant. Solve the problem step by step. Use the Python tool to compute.
 Write code in a ```python block; the output is returned in <tool_response>. Put the final answer in \\boxed{}.
 ```python
@@ -52,31 +62,51 @@ math.sqrt(16)
 """
 
 
-def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
-    """Train and return a ``PreTrainedTokenizerFast`` with the ChatML template (deterministic)."""
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512, *, family: str = "chatml",
+                    kind: str = "byte_level"):
+    """Train and return a ``PreTrainedTokenizerFast`` (deterministic).
+
+    ``family``: ``"chatml"`` (Qwen-style template and special tokens) or ``"header"`` (Llama 3 style:
+    ``<|start_header_id|>``/``<|eot_id|>``). ``kind``: ``"byte_level"`` BPE (Qwen, Llama 3), or ``"metaspace"``
+    (SentencePiece style: ``▁`` for spaces, byte fallback; Llama 2, Gemma) for cross-tokenizer tests and demos.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = [_BASE_CORPUS] + list(corpus or [])
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
+    specials = SPECIAL_TOKENS if family == "chatml" else HEADER_SPECIAL_TOKENS
+    if kind == "byte_level":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    elif kind == "metaspace":
+        tokenizer = Tokenizer(models.BPE(byte_fallback=True))
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Metaspace(prepend_scheme="never")]
+        )
+        tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                               decoders.Fuse()])
+        specials = specials + [f"<0x{byte:02X}>" for byte in range(256)]
+        alphabet = sorted(set("".join(texts)) - {" "}) + ["\u2581"]
+    else:
+        raise ValueError(f"kind={kind!r}: use 'byte_level' or 'metaspace'.")
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=specials,
+        initial_alphabet=alphabet,
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token=specials[2] if family == "chatml" else "<|eot_id|>",
+        pad_token=specials[0],
         bos_token=None,
         unk_token=None,
     )
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = CHATML_TEMPLATE if family == "chatml" else HEADER_TEMPLATE
     fast.padding_side = "left"
     return fast
