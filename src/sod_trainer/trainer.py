@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from transformers.utils import is_peft_available
 
+from .checkpoints import COMPLETE_MARKER, is_resumable, last_complete_checkpoint, mark_complete, set_aside_incomplete
 from .config import SODConfig, retry_policy
 from .environments import PythonSandbox, PythonToolEnvironment, SandboxConfig, ToolEnvironment
 from .interrupt import InterruptCallback, InterruptHandler, TrainingInterrupted
@@ -413,10 +414,20 @@ class SODTrainer(Trainer):
     # ------------------------------------------------------------------ training, interruption, checkpoints
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """As ``Trainer.train``; SIGTERM/Ctrl-C save a checkpoint and return cleanly (see :mod:`.interrupt`)."""
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in ("true", "false"):
+            resume_from_checkpoint = resume_from_checkpoint.strip().lower() == "true"  # `--resume_from_checkpoint true`
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint.")
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no completely written "
+                                 "checkpoint.")
+            if self.accelerator.is_main_process:
+                set_aside_incomplete(self.args.output_dir, resume_from_checkpoint)
+            self.accelerator.wait_for_everyone()
+        elif resume_from_checkpoint and not is_resumable(resume_from_checkpoint):
+            raise ValueError(f"{resume_from_checkpoint} was not completely written (the run stopped while saving it; "
+                             f"it has no {COMPLETE_MARKER}). Resume from an earlier checkpoint, or pass "
+                             "resume_from_checkpoint=True for the newest complete one.")
         if resume_from_checkpoint:
             self._load_sod_state(resume_from_checkpoint)
         self.interrupt_handler.install()
@@ -454,12 +465,23 @@ class SODTrainer(Trainer):
         return os.path.join(folder, f"sod_state_{self.accelerator.process_index}.pt")
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # Trainer deletes old checkpoints (save_total_limit) at the end of its save; we do it only once this one
+        # is marked complete, so a crash while saving never leaves no resumable checkpoint behind
+        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = save_total_limit
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         buffered = None
         if self._buffered_inputs is not None:
             buffered = [{key: value.cpu() for key, value in part.items()} for part in self._buffered_inputs]
         torch.save({"step": self._step, "buffered_inputs": buffered}, self._sod_state_path(folder))
+        self.accelerator.wait_for_everyone()  # every process has written its part ...
+        if self.args.should_save:
+            mark_complete(folder, self.state.global_step)  # ... then the checkpoint counts (crash safety)
+            rotate_checkpoints(output_dir=self._get_output_dir(trial=trial), save_total_limit=save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     def _load_sod_state(self, folder: str) -> None:
         path = self._sod_state_path(folder)
