@@ -18,4 +18,8 @@ fi
 if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 || echo "note: could not install bubblewrap"
 fi
+# headless Chromium loads the trajectory viewer's pages in its tests and benchmark (skipped without it)
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "note: could not install chromium"
+fi
 echo "sod-trainer is set up in .venv ($(.venv/bin/python -c 'import sod_trainer, torch; print("sod_trainer", sod_trainer.__version__, "torch", torch.__version__)'))"

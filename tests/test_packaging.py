@@ -38,7 +38,8 @@ def test_build_check_install_and_run_the_wheel(tmp_path):
 
     names = zipfile.ZipFile(wheels[0]).namelist()
     for module in ("sod_trainer/cli.py", "sod_trainer/scripts/train.py", "sod_trainer/data.py",
-                   "sod_trainer/trainer.py", "sod_trainer/py.typed"):
+                   "sod_trainer/trainer.py", "sod_trainer/py.typed", "sod_trainer/viewer/assets/viewer.js",
+                   "sod_trainer/viewer/assets/viewer.css"):
         assert module in names, module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sod = sod_trainer.cli:main" in zipfile.ZipFile(wheels[0]).read(entry_points).decode()

@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "Train with SOD from a YAML recipe (TRL style: --config recipe.yaml, flags override).",
     "eval": "Evaluate a model with tools (avg@k / pass@k / maj@k) on the paper's benchmarks.",
     "demo": "The offline toy world end to end: teacher, cold-start student, SOD training, before/after evaluation, in minutes on a CPU.",
+    "inspect": "Render saved rollouts (a run's output dir or a .jsonl) to the trajectory viewer page; prints its path.",
     "env": "Print the versions of the stack, to paste into a bug report.",
     "ablate": "A seeded grid of objectives x seeds x toy worlds (resumable): ablation.json, a table with paired intervals, plots.",
 }
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate("sod_trainer.toy.demo", rest, "demo")
     if command == "ablate":
         return _delegate("sod_trainer.ablation", rest, "ablate")
+    if command == "inspect":
+        return _delegate("sod_trainer.viewer.inspect_cli", rest, "inspect")
     if rest and rest[0] in ("-h", "--help"):
         print("usage: sod env\n\n" + COMMANDS["env"])
         return 0

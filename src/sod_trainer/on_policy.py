@@ -44,6 +44,7 @@ class OnPolicyWeighting:
     args: Any
     _pending: list[dict[str, torch.Tensor]] = field(default_factory=list)
     _expected: int = 1
+    last_logps: torch.Tensor | None = None  # (B, C) π_old of the last collected batch, when log_completions
 
     def start_batch(self, num_slices: int) -> None:
         """A new rollout batch of ``num_slices`` micro-batches begins (what is left of the last is dropped)."""
@@ -72,6 +73,8 @@ class OnPolicyWeighting:
             "entropy": (entropy[assistant_mask] if entropy is not None else torch.zeros(0)).cpu(),
             "reverse_kl": (clean_old - weighting.teacher_logps)[assistant_mask].cpu(),
             "nonfinite": (bad_rows | inputs["nonfinite_rows"]).sum().cpu(),
+            # π_old per token, for the trajectory viewer's page (sod_trainer.viewer)
+            "logps": clean_old.cpu() if getattr(self.args, "log_completions", False) else None,
         })
         advantages = weighting.advantages
         if bad_rows.any():  # rows left out of the loss must not carry NaN into it (NaN * 0 is NaN)
@@ -84,6 +87,8 @@ class OnPolicyWeighting:
     def collected(self) -> tuple[StepWeighting, torch.Tensor, torch.Tensor, int]:
         """The whole rollout batch's weighting, entropies, reverse KLs and non-finite rows; clears the buffer."""
         pending, self._pending = self._pending, []
+        logps = [p["logps"] for p in pending]
+        self.last_logps = _pad_cat(logps, 0.0) if logps and all(t is not None for t in logps) else None
         weighting = StepWeighting(
             divergence=_pad_cat([p["divergence"] for p in pending], 0.0),
             valid=_pad_cat([p["valid"] for p in pending], False),

@@ -73,6 +73,7 @@ class ScoredBatch:
     trajectories: list[Trajectory]
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t, repr=False)
     loss_type: str = "dapo"
+    view: Any = None  # the trajectory viewer's BatchView (sod_trainer.viewer) when log_completions is on
 
     def slices(self, num_slices: int, accumulation_steps: int = 1) -> list[dict[str, torch.Tensor]]:
         """Split into ``num_slices`` micro-batches; each carries the global normalizer of its optimizer step
@@ -272,6 +273,7 @@ class RolloutScorer:
         batch_tensors = dict(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
                              completion_start=tensors["completion_start"], loss_mask=loss_mask)
         metrics = self.rollout_metrics(trajectories, rewards, reward_metrics)
+        weighting = None
         if on_policy:
             batch_tensors.update(assistant_mask=assistant_mask, step_ids=step_ids, error_steps=error_steps,
                                  sequence_advantages=sequence_advantages, nonfinite_rows=bad_rows)
@@ -292,9 +294,15 @@ class RolloutScorer:
             metrics.update(self.student_metrics(weighting, entropy[mask], (old_logps - weighting.teacher_logps)[mask],
                                                 int(bad_rows.sum())))
             samples = self._samples(trajectories, prompts, rewards, weighting)
+        view = None
+        if args.log_completions and self.accelerator.is_main_process:  # the trajectory page (sod_trainer.viewer)
+            from .viewer import BatchView
+
+            view = BatchView.from_scoring(trajectories, rewards, step_ids, error_steps, teacher_logps, old_logps,
+                                          weighting, args)
         reduce_sum = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
         return ScoredBatch(batch_tensors, metrics, samples, trajectories, reduce_sum=reduce_sum,
-                           loss_type=args.loss_type)
+                           loss_type=args.loss_type, view=view)
 
     # ------------------------------------------------------------------ diagnostics
     def _cross_metrics(self, stats: dict[str, float]) -> dict[str, float]:

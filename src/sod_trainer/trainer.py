@@ -169,6 +169,7 @@ class SODTrainer(Trainer):
         self._buffered_inputs: list[dict[str, Any]] | None = None
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._last_samples: list[dict[str, Any]] = []
+        self._last_view = None  # the last scored batch for the trajectory page (sod_trainer.viewer)
         # π_old from the loss's own forward pass when each rollout batch feeds one optimizer step (on_policy.py)
         self._on_policy = is_on_policy(args)
         self._on_policy_weighting = OnPolicyWeighting(args)
@@ -309,6 +310,7 @@ class SODTrainer(Trainer):
         for key, counter in self._retry_counters().items():  # retries during this batch's rollout and scoring
             self._metrics[mode][key].append(float(counter.pop()))
         self._last_samples = batch.samples
+        self._last_view = batch.view
         return batch
 
     def _retry_counters(self) -> dict[str, Any]:
@@ -384,6 +386,8 @@ class SODTrainer(Trainer):
         for key, value in self.scorer.student_metrics(weighting, entropy, reverse_kl, nonfinite).items():
             self._metrics[mode][key].append(value)
         fill_samples(self._last_samples, weighting)
+        if self._last_view is not None:
+            self._last_view.fill(weighting, self._on_policy_weighting.last_logps)
 
     def create_optimizer(self, model=None):
         """The optimizer, with a guard that skips a step in which any micro-batch had a non-finite loss."""
@@ -519,6 +523,11 @@ class SODTrainer(Trainer):
 
             print_trajectories(self._last_samples[: self.args.num_completions_to_print or 1], self.state.global_step)
             self._last_samples = []
+        if self.args.log_completions and self.accelerator.is_main_process and self._last_view is not None:
+            from .viewer import log_batch  # the trajectory page: output_dir/trajectories/, wandb, trackio
+
+            log_batch(self, self._last_view)
+            self._last_view = None
 
     def close(self) -> None:
         """Stop the tool worker pool (called automatically at exit)."""
