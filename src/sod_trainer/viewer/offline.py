@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..logprobs import sampled_token_logprobs
-from ..objective import step_divergence, step_weights
+from ..objective import step_and_token_weights
 from ..rollout.types import Trajectory, Turn
 from ..scoring import StepWeighting, collate_trajectories, error_steps_for
 from ..segmenters import StepSegmenter, TurnSegmenter
@@ -62,10 +62,9 @@ def score_trajectories(
     teacher_logps = _logprobs(teacher, inputs, batch_size, temperature) if teacher is not None else None
     step_ids = (segmenter or TurnSegmenter())(tensors["completion_ids"], tensors["assistant_mask"]).cpu()
     error_steps = error_steps_for(trajectories, step_ids)
-    divergence, valid = step_divergence(student_logps, teacher_logps if teacher_logps is not None else student_logps,
-                                        step_ids)
-    weights = step_weights(divergence, valid, scheme=step_weighting, epsilon=epsilon, delta=delta,
-                           error_steps=error_steps, decay=decay)
+    divergence, valid, weights, _ = step_and_token_weights(
+        student_logps, teacher_logps if teacher_logps is not None else student_logps, step_ids,
+        scheme=step_weighting, epsilon=epsilon, delta=delta, error_steps=error_steps, decay=decay)
     view = BatchView(trajectories, torch.tensor([float(r) for r in rewards]), step_ids, error_steps, teacher_logps,
                      scheme=step_weighting, pattern_threshold=pattern_threshold)
     view.fill(StepWeighting(divergence, valid, weights, torch.zeros(0)), student_logps)
