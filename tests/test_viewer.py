@@ -174,6 +174,15 @@ def test_trajectories_from_masks_make_turns_from_mask_runs():
 
 
 # ------------------------------------------------------------------ the trainer writes the page when it logs
+def _assert_d_is_the_mean_gap(record):
+    """Each step's d_k is the mean |s_t - q_t| of the per-token values the page shows."""
+    tokens = record["tokens"]
+    for step in record["steps"]:
+        inside = [t for t, k in enumerate(tokens["step"]) if k == step["k"]]
+        mean = sum(abs(tokens["s"][t] - tokens["q"][t]) for t in inside) / len(inside)
+        assert step["d"] == pytest.approx(mean, abs=2e-3)
+
+
 def _train_and_read(tokenizer, tmp_path, **overrides):
     from test_trainer import make_trainer
 
@@ -197,10 +206,7 @@ def test_trainer_writes_the_page_of_each_logged_batch(tokenizer, tmp_path, two_p
         model = [t for t, m in enumerate(tokens["mask"]) if m]
         assert model and all(math.isfinite(tokens["s"][t]) and math.isfinite(tokens["q"][t]) for t in model)
         assert any(abs(tokens["s"][t] - tokens["q"][t]) > 1e-3 for t in model)  # a real teacher, not q = s
-        for step in record["steps"]:
-            inside = [t for t, k in enumerate(tokens["step"]) if k == step["k"]]
-            mean = sum(abs(tokens["s"][t] - tokens["q"][t]) for t in inside) / len(inside)
-            assert step["d"] == pytest.approx(mean, abs=2e-3)
+        _assert_d_is_the_mean_gap(record)
         d1 = record["steps"][0]["d"]
         for step in record["steps"]:  # SOD weights from the logged divergences
             assert step["w"] == pytest.approx(min((d1 + 1e-6) / (step["d"] + 1e-6), 1.2), abs=2e-3)
@@ -216,3 +222,23 @@ def test_on_policy_and_two_pass_pages_agree(tokenizer, tmp_path):
         assert a["tokens"]["s"] == pytest.approx(b["tokens"]["s"], abs=2e-4)
         assert a["tokens"]["q"] == pytest.approx(b["tokens"]["q"], abs=2e-4)
         assert [s["w"] for s in a["steps"]] == pytest.approx([s["w"] for s in b["steps"]], abs=2e-4)
+
+
+@pytest.mark.parametrize("two_pass", [False, True], ids=["on_policy", "two_pass"])
+def test_a_teacher_with_another_tokenizer_shows_the_q_the_weights_used(tokenizer, tmp_path, two_pass):
+    from conftest import make_tiny_model
+    from sod_trainer.toy.tokenizer import build_tokenizer
+    from test_cross_tokenizer import make_trainer as make_cross_trainer
+
+    # a student tokenizer with fewer merges than the teacher's: teacher spans cover several student tokens
+    student_tokenizer, teacher_tokenizer = build_tokenizer(vocab_size=300), build_tokenizer(family="header")
+    trainer = make_cross_trainer(student_tokenizer, tmp_path,
+                                 teacher=make_tiny_model(teacher_tokenizer, hidden=96, seed=1),
+                                 teacher_tokenizer=teacher_tokenizer, log_completions=True,
+                                 **({"num_iterations": 2} if two_pass else {}))
+    trainer.train()
+    assert trainer.state.log_history[0]["teacher/student_tokens_per_span"] > 1.1
+    records = read_jsonl(tmp_path / "trajectories" / "train_step_000001.jsonl")
+    assert len(records) == 4
+    for record in records:  # q_t spread over the student's tokens of each teacher span, as the weights saw it
+        _assert_d_is_the_mean_gap(record)

@@ -73,8 +73,9 @@ class OnPolicyWeighting:
             "entropy": (entropy[assistant_mask] if entropy is not None else torch.zeros(0)).cpu(),
             "reverse_kl": (clean_old - weighting.teacher_logps)[assistant_mask].cpu(),
             "nonfinite": (bad_rows | inputs["nonfinite_rows"]).sum().cpu(),
-            # π_old per token, for the trajectory viewer's page (sod_trainer.viewer)
+            # π_old and the q_t used, per token, for the trajectory viewer's page (sod_trainer.viewer)
             "logps": clean_old.cpu() if getattr(self.args, "log_completions", False) else None,
+            "teacher": weighting.teacher_logps.cpu() if getattr(self.args, "log_completions", False) else None,
         })
         advantages = weighting.advantages
         if bad_rows.any():  # rows left out of the loss must not carry NaN into it (NaN * 0 is NaN)
@@ -87,13 +88,14 @@ class OnPolicyWeighting:
     def collected(self) -> tuple[StepWeighting, torch.Tensor, torch.Tensor, int]:
         """The whole rollout batch's weighting, entropies, reverse KLs and non-finite rows; clears the buffer."""
         pending, self._pending = self._pending, []
-        logps = [p["logps"] for p in pending]
+        logps, teacher = [p["logps"] for p in pending], [p["teacher"] for p in pending]
         self.last_logps = _pad_cat(logps, 0.0) if logps and all(t is not None for t in logps) else None
         weighting = StepWeighting(
             divergence=_pad_cat([p["divergence"] for p in pending], 0.0),
             valid=_pad_cat([p["valid"] for p in pending], False),
             weights_per_step=_pad_cat([p["weights"] for p in pending], 0.0),
             advantages=torch.zeros(0),
+            teacher_logps=_pad_cat(teacher, 0.0) if teacher and all(t is not None for t in teacher) else None,
         )
         entropy = torch.cat([p["entropy"] for p in pending])
         reverse_kl = torch.cat([p["reverse_kl"] for p in pending])

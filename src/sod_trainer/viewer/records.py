@@ -158,6 +158,8 @@ class BatchView:
         if student_logps is not None:
             self.student_logps = _cpu(student_logps)
         if weighting is not None:
+            if getattr(weighting, "teacher_logps", None) is not None:  # the q_t the weights were computed from
+                self.teacher_logps = _cpu(weighting.teacher_logps)
             self.divergence = _cpu(weighting.divergence)
             self.valid = _cpu(weighting.valid).bool()
             self.weights = _cpu(weighting.weights_per_step)
