@@ -32,6 +32,7 @@ class PipelinedRolloutEngine(RolloutEngine):
     def rollout(self, prompt_ids, rows, environments=None):
         if environments is None:
             environments, _ = self.make_environments(rows)
+        environments = [self.adapt(environment) for environment in environments]
         stop_strings = self._stop_strings(environments)
         trajectories = [Trajectory(prompt_ids=list(ids), row=dict(row)) for ids, row in zip(prompt_ids, rows)]
         indices = list(range(len(trajectories)))
@@ -57,17 +58,18 @@ class PipelinedRolloutEngine(RolloutEngine):
         contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in live]
         budgets = [self.max_completion_length - trajectories[i].completion_length for i in live]
         outputs = self.backend.generate(contexts, budgets, stop_strings)
+        last_turn = group["turn"] == self.max_turns - 1
         stepping = []
         for i, output in zip(live, outputs):
-            text = self._append_turn(trajectories[i], output)
-            stepping.append((i, output, self.pool.submit(
-                lambda env=environments[i], txt=text: self._step_all([env], [txt])[0])))
-        group["pending"] = stepping
+            turn = self._append_turn(trajectories[i], output, last_turn)
+            stepping.append((i, turn, self.pool.submit(
+                lambda env=environments[i], t=turn: self._step_all([env], [t])[0])))
+        group["pending"] = (stepping, environments)
 
     def _finish_turn(self, group, trajectories):
-        last_turn = group["turn"] == self.max_turns - 1
-        still_live = [i for i, output, future in group["pending"]
-                      if self._after_tool(trajectories[i], output, future.result(), last_turn)]
+        stepping, environments = group["pending"]
+        still_live = [i for i, turn, future in stepping
+                      if self._after_tool(trajectories[i], environments[i], turn, future.result())]
         group["live"] = still_live
         group["pending"] = None
         group["turn"] += 1

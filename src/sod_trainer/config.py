@@ -42,7 +42,9 @@ class SODConfig(TrainingArguments):
             laptop default 4096).
         generation_batch_size / steps_per_generation: as in TRL's GRPO; one rollout batch feeds
             `steps_per_generation` micro-batches, each reused `num_iterations` times.
-        max_tool_calling_iterations: a trajectory stops after this many assistant turns (paper: 16).
+        max_tool_calling_iterations: tool rounds per trajectory, counted as TRL counts them: each round runs the
+            turn's tool call(s), shows the output and lets the model generate again, so a trajectory has at most
+            this + 1 assistant turns (paper: 16 tool turns).
         max_tool_response_chars: tool output shown to the model is cut to this many characters, head + tail.
 
     Parameters that control the loss:
@@ -156,7 +158,9 @@ class SODConfig(TrainingArguments):
         default=None, metadata={"help": "Extra keyword arguments for the generation backend."}
     )
     max_tool_calling_iterations: int = field(
-        default=16, metadata={"help": "Maximum assistant turns per trajectory (paper: 16)."}
+        default=16,
+        metadata={"help": "Tool rounds per trajectory, counted as TRL counts them: the tool runs, its output is shown "
+                  "and the model generates again, so at most this + 1 assistant turns (paper: 16 tool turns)."},
     )
     max_tool_response_chars: int = field(
         default=256, metadata={"help": "Tool output shown to the model is cut to this many characters (paper: 256)."}

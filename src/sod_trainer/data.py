@@ -112,15 +112,22 @@ def encode_prompt(
     truncation: str = "error",
     index: int | None = None,
     chat_template_kwargs: dict | None = None,
+    tools: list | None = None,
+    chat_template: str | None = None,
 ) -> list[int]:
-    """Token ids of the chat-templated prompt with the generation prompt; length checked or left-truncated."""
+    """Token ids of the chat-templated prompt with the generation prompt; length checked or left-truncated.
+    ``tools`` (function tools, rendered by the template as TRL renders them) and ``chat_template`` (instead of the
+    tokenizer's) come from a TRL-style environment."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(
             "The tokenizer has no chat template. Set `processing_class.chat_template` (e.g. copy one from the "
             "model family's instruct tokenizer) before training."
         )
+    extra = {"tools": tools} if tools else {}
+    if chat_template is not None:
+        extra["chat_template"] = chat_template
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                         **(chat_template_kwargs or {}))
+                                         **extra, **(chat_template_kwargs or {}))
     ids = tokenizer.encode(text, add_special_tokens=False)
     if max_prompt_length is not None and len(ids) > max_prompt_length:
         if truncation == "left":

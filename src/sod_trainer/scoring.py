@@ -153,26 +153,29 @@ def error_steps_for(trajectories: Sequence[Trajectory], step_ids: torch.Tensor) 
 class RolloutScorer:
     """Builds :class:`ScoredBatch` objects; holds no model of its own except through ``teacher``."""
 
-    def __init__(self, *, args, tokenizer, teacher, segmenter, reward_funcs: list[Callable], accelerator):
+    def __init__(self, *, args, tokenizer, teacher, segmenter, reward_funcs: list[Callable], accelerator,
+                 reward_weights: list[float] | None = None):
         self.args = args
         self.tokenizer = tokenizer
         self.teacher = teacher
         self.segmenter = segmenter
         self.reward_funcs = reward_funcs
-        self.reward_weights = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float32)
+        weights = reward_weights if reward_weights is not None else args.reward_weights or [1.0] * len(reward_funcs)
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
         self.accelerator = accelerator
 
     # ------------------------------------------------------------------ prompts and rewards
-    def encode_prompts(self, rows, extras) -> tuple[list[list[dict]], list[list[int]]]:
-        """Prompt messages and ids; rows reach here without their dataset index (the upfront check has it)."""
+    def encode_prompts(self, rows, extras, options=None) -> tuple[list[list[dict]], list[list[int]]]:
+        """Prompt messages and ids; rows reach here without their dataset index (the upfront check has it).
+        ``options``: per row, extra rendering arguments from its environment (TRL-style function tools)."""
         messages, ids = [], []
-        for row, extra in zip(rows, extras):
+        for row, extra, option in zip(rows, extras, options or [{}] * len(rows)):
             row_messages = row_to_messages(row, None, extra)
             messages.append(row_messages)
             ids.append(encode_prompt(
                 self.tokenizer, row_messages, max_prompt_length=self.args.max_prompt_length,
                 truncation=self.args.prompt_truncation, index=None,
-                chat_template_kwargs=self.args.chat_template_kwargs,
+                chat_template_kwargs=self.args.chat_template_kwargs, **option,
             ))
         return messages, ids
 
@@ -181,6 +184,8 @@ class RolloutScorer:
         if not self.reward_funcs:
             return torch.zeros(len(completions)), {}
         columns = {key: [row.get(key) for row in rows] for key in rows[0] if key not in ("prompt", "messages")}
+        if any(t.environment is not None for t in trajectories):  # TRL's kwarg: each rollout's environment object
+            columns["environments"] = [t.environment for t in trajectories]
         per_function = torch.zeros(len(completions), len(self.reward_funcs))
         metrics = {}
         for j, function in enumerate(self.reward_funcs):
@@ -219,7 +224,7 @@ class RolloutScorer:
         device = self.accelerator.device
         environments, extras = engine.make_environments(rows)
         try:
-            prompts, prompt_ids = self.encode_prompts(rows, extras)
+            prompts, prompt_ids = self.encode_prompts(rows, extras, [e.prompt_options() for e in environments])
         except Exception:
             for environment in environments:
                 environment.close()

@@ -24,6 +24,7 @@ from transformers.utils import is_peft_available
 from .checkpoints import COMPLETE_MARKER, is_resumable, last_complete_checkpoint, mark_complete, set_aside_incomplete
 from .config import SODConfig, retry_policy
 from .environments import PythonSandbox, PythonToolEnvironment, SandboxConfig, ToolEnvironment
+from .environments.function_tools import resolve_environment_factory
 from .interrupt import InterruptCallback, InterruptHandler, TrainingInterrupted
 from .logprobs import sampled_token_logprobs
 from .rollout import HFGenerationBackend, RolloutEngine, ToolResponseFormatter
@@ -41,6 +42,17 @@ __all__ = ["SODTrainer"]
 
 def _identity(rows):
     return rows
+
+
+def _prompt_options(function_tools):
+    """The prompt-rendering arguments (function tools, template) of the environment a dataset row selects."""
+
+    def options(row):
+        name = row.get("environment") if function_tools.multi_environment else None
+        return {"tools": function_tools.environment_tools.get(name) or None,
+                "chat_template": function_tools.chat_template}
+
+    return options
 
 
 def _load_model(name_or_path: str, init_kwargs: dict | None, trust_remote_code: bool, what: str) -> PreTrainedModel:
@@ -71,8 +83,12 @@ class SODTrainer(Trainer):
         processing_class: the tokenizer (default: the student's); must have a chat template.
         reward_funcs: callables ``fn(prompts, completions, **kwargs) -> list[float]`` (TRL's signature);
             summed with ``args.reward_weights``. Needed unless ``grpo_coef == 0``.
-        environment_factory: zero-argument callable returning a fresh :class:`ToolEnvironment` per
-            trajectory; default a :class:`PythonToolEnvironment` built from ``args``.
+        environment_factory: the kind is picked by the object's interface (see ``docs/environments.md``):
+            a zero-argument callable returning a code-interpreter :class:`ToolEnvironment` (``step(turn_text)``),
+            or TRL's kind, a class/callable (or a dict of them, chosen by the dataset's ``environment`` column) whose
+            instances have ``reset(**row)``, public methods that are function tools and maybe ``get_reward()``;
+            default a :class:`PythonToolEnvironment` built from ``args``.
+        tools: functions the model may call, as ``trl.GRPOTrainer``'s ``tools`` (type hints + Google docstrings).
         step_segmenter: a :class:`StepSegmenter`; default from ``args.step_segmenter``.
         peft_config: a ``peft.PeftConfig`` to train adapters instead of the full student.
         teacher_processing_class: the teacher's tokenizer, when it is not the student's (default
@@ -98,6 +114,7 @@ class SODTrainer(Trainer):
         optimizers=(None, None),
         peft_config=None,
         teacher_processing_class=None,
+        tools: list[Callable] | None = None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
@@ -143,19 +160,31 @@ class SODTrainer(Trainer):
             reward_funcs = []
         elif not isinstance(reward_funcs, (list, tuple)):
             reward_funcs = [reward_funcs]
-        if not reward_funcs and args.grpo_coef != 0:
-            raise ValueError(
-                "grpo_coef is non-zero but no reward_funcs were given. Pass reward_funcs=[...] (e.g. "
-                "[sod_trainer.rewards.make_math_reward()]) or set grpo_coef=0 for pure step-weighted distillation."
-            )
+        reward_funcs = list(reward_funcs)
         if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
             raise ValueError(f"reward_weights has {len(args.reward_weights)} entries but there are "
                              f"{len(reward_funcs)} reward functions; give one weight per reward function, in "
                              "the order of reward_funcs.")
+        # TRL-style environments / tools go behind one adapter; get_reward() methods become reward sources (weight 1)
+        environment_factory, function_tools = resolve_environment_factory(
+            environment_factory, tools, processing_class, args.chat_template_kwargs)
+        reward_weights = list(args.reward_weights or [1.0] * len(reward_funcs))
+        if function_tools is not None:
+            reward_funcs += function_tools.reward_funcs
+            reward_weights += [1.0] * len(function_tools.reward_funcs)
+        if not reward_funcs and args.grpo_coef != 0:
+            raise ValueError(
+                "grpo_coef is non-zero but no reward_funcs were given. Pass reward_funcs=[...] (e.g. "
+                "[sod_trainer.rewards.make_math_reward()]), an environment_factory whose environment defines "
+                "get_reward(), or set grpo_coef=0 for pure step-weighted distillation."
+            )
 
         if args.validate_dataset:
             for dataset in (train_dataset, eval_dataset):
-                validate_prompts(dataset, processing_class, args)
+                if function_tools is not None:
+                    function_tools.check_rows(dataset)
+                validate_prompts(dataset, processing_class, args,
+                                 _prompt_options(function_tools) if function_tools is not None else None)
                 validate_reward_columns(dataset, reward_funcs)
         self.interrupt_handler = InterruptHandler()
         super().__init__(
@@ -207,7 +236,8 @@ class SODTrainer(Trainer):
             )
         self.rollout_engine = RolloutEngine(
             self._make_backend(), processing_class, environment_factory,
-            max_completion_length=args.max_completion_length, max_turns=args.max_tool_calling_iterations,
+            # TRL counts tool rounds: after the last one the model generates once more
+            max_completion_length=args.max_completion_length, max_turns=args.max_tool_calling_iterations + 1,
             tool_workers=args.tool_workers,
             formatter=ToolResponseFormatter(processing_class, args.tool_response_template,
                                             args.chat_template_kwargs),
@@ -223,7 +253,7 @@ class SODTrainer(Trainer):
         self.teacher_processing_class = teacher_tokenizer
         self.scorer = RolloutScorer(
             args=args, tokenizer=processing_class, teacher=teacher, segmenter=segmenter,
-            reward_funcs=list(reward_funcs), accelerator=self.accelerator,
+            reward_funcs=list(reward_funcs), accelerator=self.accelerator, reward_weights=reward_weights,
         )
 
     # ------------------------------------------------------------------ generation backend

@@ -5,6 +5,8 @@ turn run concurrently on up to ``tool_workers`` threads; observation ids are app
 ``assistant_mask = 0``.
 A trajectory stops when its turn has no tool call (or the environment says done), after
 ``max_turns`` assistant turns, when its token budget is spent, or when the observation would not fit.
+Environments of either kind (the code interpreter's ``step(turn_text)`` or TRL's function tools) are reached through
+one adapter each (:mod:`.adapters`); the engine only sees ids to append.
 
 A failing environment is contained: a ``reset`` or ``step`` that raises, or that has not returned after the
 environment's ``step_timeout_s``, ends that trajectory with an error observation (a warning is logged; the
@@ -23,6 +25,7 @@ from contextlib import nullcontext
 from typing import Any, Protocol
 
 from ..environments.base import DEFAULT_STEP_TIMEOUT_S, ToolEnvironment, ToolResult
+from .adapters import TurnEnvironment, TurnInput, as_turn_environment
 from .glue import ToolResponseFormatter
 from .types import GenerationOutput, Trajectory, Turn
 
@@ -48,7 +51,7 @@ class RolloutEngine:
         self,
         backend: GenerationBackend,
         tokenizer,
-        environment_factory: Callable[[], ToolEnvironment],
+        environment_factory: Callable[[], ToolEnvironment | TurnEnvironment],
         *,
         max_completion_length: int,
         max_turns: int = 16,
@@ -76,12 +79,13 @@ class RolloutEngine:
         """Nothing to release: tool calls run on short-lived daemon threads (a stuck one never blocks exit)."""
 
     # ------------------------------------------------------------------ environments
-    def make_environments(self, rows: Sequence[dict[str, Any]]) -> tuple[list[ToolEnvironment], list[str | None]]:
-        """One environment per row, reset with the row; returns them and any extra prompt text.
+    def make_environments(self, rows: Sequence[dict[str, Any]]) -> tuple[list[TurnEnvironment], list[str | None]]:
+        """One environment per row (behind its kind's adapter), reset with the row; returns them and any extra
+        prompt text.
 
         An environment whose ``reset`` raises or hangs is replaced by one that ends the trajectory with an
         error observation at its first turn (its ``close`` is still called)."""
-        environments = [self.environment_factory() for _ in rows]
+        environments = [self.adapt(self.environment_factory()) for _ in rows]
         outcomes = self._call_all(environments, lambda k: environments[k].reset(**rows[k]))
         extras: list[str | None] = []
         for k, outcome in enumerate(outcomes):
@@ -89,18 +93,22 @@ class RolloutEngine:
                 reason = (f"reset() did not return within {_step_timeout(environments[k]):g} s" if outcome is _HUNG
                           else f"reset() raised {outcome.summary}")
                 logger.warning("Tool environment %s: %s; this trajectory ends with an error observation at its "
-                               "first turn. Fix the environment's reset().", type(environments[k]).__name__, reason)
+                               "first turn. Fix the environment's reset().", _name(environments[k]), reason)
                 environments[k] = _BrokenEnvironment(environments[k], reason, hung=outcome is _HUNG)
                 outcome = None
             extras.append(outcome)
         return environments, extras
 
-    def _step_all(self, environments: Sequence[ToolEnvironment], texts: Sequence[str]) -> list[ToolResult]:
-        """``step`` every environment with its turn text, concurrently; crashes and hangs become error results."""
-        outcomes = self._call_all(environments, lambda k: environments[k].step(texts[k]))
+    def adapt(self, environment: Any) -> TurnEnvironment:
+        """The environment behind the adapter of its kind (see :mod:`.adapters`)."""
+        return as_turn_environment(environment, self.formatter)
+
+    def _step_all(self, environments: Sequence[TurnEnvironment], turns: Sequence[TurnInput]) -> list[ToolResult]:
+        """``step`` every environment with its turn, concurrently; crashes and hangs become error results."""
+        outcomes = self._call_all(environments, lambda k: environments[k].step(turns[k]))
         results = []
         for environment, outcome in zip(environments, outcomes):
-            name = type(environment).__name__
+            name = _name(environment)
             if outcome is _HUNG:
                 limit = _step_timeout(environment)
                 logger.warning("Tool environment %s did not return from step() within %g s (step_timeout_s): the "
@@ -179,8 +187,10 @@ class RolloutEngine:
         """Roll out one trajectory per prompt; ``rows`` are the dataset rows (reach ``reset``)."""
         if environments is None:
             environments, _ = self.make_environments(rows)
+        environments = [self.adapt(environment) for environment in environments]
         stop_strings = self._stop_strings(environments)
-        trajectories = [Trajectory(prompt_ids=list(ids), row=dict(row)) for ids, row in zip(prompt_ids, rows)]
+        trajectories = [Trajectory(prompt_ids=list(ids), row=dict(row), environment=environment.environment)
+                        for ids, row, environment in zip(prompt_ids, rows, environments)]
         live = list(range(len(trajectories)))
         # a backend may bracket all turns of a batch (vLLM: one weight sync and wake-up per rollout batch)
         window = getattr(self.backend, "rollout_window", None)
@@ -196,7 +206,7 @@ class RolloutEngine:
         outcomes = self._call_all(environments, lambda k: environments[k].close())
         for environment, outcome in zip(environments, outcomes):
             if outcome is _HUNG or isinstance(outcome, _Failure):
-                logger.warning("Closing %s failed: %s", type(environment).__name__,
+                logger.warning("Closing %s failed: %s", _name(environment),
                                "it did not return in time" if outcome is _HUNG else outcome.summary)
 
     def _turns(self, trajectories: list[Trajectory], live: list[int], environments, stop_strings) -> None:
@@ -208,46 +218,56 @@ class RolloutEngine:
             contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in live]
             budgets = [self.max_completion_length - trajectories[i].completion_length for i in live]
             outputs = self.backend.generate(contexts, budgets, stop_strings)
-            texts = [self._append_turn(trajectories[i], output) for i, output in zip(live, outputs)]
-            results = self._step_all([environments[i] for i in live], texts)
             last_turn = turn_index == self.max_turns - 1
-            live = [i for i, output, result in zip(live, outputs, results)
-                    if self._after_tool(trajectories[i], output, result, last_turn)]
+            turns = [self._append_turn(trajectories[i], output, last_turn) for i, output in zip(live, outputs)]
+            results = self._step_all([environments[i] for i in live], turns)
+            live = [i for i, turn, result in zip(live, turns, results)
+                    if self._after_tool(trajectories[i], environments[i], turn, result)]
 
-    def _append_turn(self, trajectory: Trajectory, output: GenerationOutput) -> str:
-        """Append a sampled turn (``assistant_mask = 1``) and its :class:`Turn`; returns its text for the tool."""
+    def _append_turn(self, trajectory: Trajectory, output: GenerationOutput, last_turn: bool) -> TurnInput:
+        """Append a sampled turn (``assistant_mask = 1``) and its :class:`Turn`; returns what the tool gets."""
         start = trajectory.completion_length
+        context = trajectory.prompt_ids + trajectory.completion_ids
         trajectory.append(output.token_ids, sampled=True)
         text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
         trajectory.turns.append(Turn(start, trajectory.completion_length, text, output.finish_reason))
         if output.finish_reason == "length":
             trajectory.truncated = True
             trajectory.stop_reason = "budget"
-        return text
+        return TurnInput(text=text, token_ids=list(output.token_ids), context_ids=context,
+                         ended_with_eos=output.finish_reason == "eos", final=last_turn)
 
-    def _after_tool(self, trajectory: Trajectory, output: GenerationOutput, result: ToolResult,
-                    last_turn: bool) -> bool:
+    def _after_tool(self, trajectory: Trajectory, environment: TurnEnvironment, turn: TurnInput,
+                    result: ToolResult) -> bool:
         """Record the tool result on the last turn and append the observation glue (``assistant_mask = 0``);
         returns whether the trajectory goes on to another turn (else its ``stop_reason`` is set)."""
-        turn = trajectory.turns[-1]
-        turn.tool_called, turn.tool_error = result.tool_called, result.error
-        turn.observation, turn.metadata = result.observation, dict(result.metadata)
+        record = trajectory.turns[-1]
+        record.tool_called, record.tool_error = result.tool_called, result.error
+        record.observation, record.metadata = result.observation, dict(result.metadata)
         if result.metadata.get("environment_failure"):  # a crash or a hang, see _step_all
             trajectory.environment_failure = str(result.metadata["environment_failure"])
         if trajectory.truncated:
             return False
+        if turn.final and result.metadata.get("tool_calls_not_run"):  # function calls past the last tool round
+            trajectory.stop_reason = "max_turns"
+            return False
         if result.done or result.observation is None:
             trajectory.stop_reason = "answer" if not result.error else "environment"
             return False
-        if last_turn:
+        if turn.final:
             trajectory.stop_reason = "max_turns"
             return False
-        glue = self.formatter(result.observation, output.finish_reason == "eos")
+        glue = environment.observation_ids(result, turn)
         if trajectory.completion_length + len(glue) >= self.max_completion_length:
             trajectory.stop_reason = "observation_over_budget"
             return False
         trajectory.append(glue, sampled=False)
         return True
+
+
+def _name(environment: Any) -> str:
+    """The class name of the user's environment behind an adapter."""
+    return type(getattr(environment, "environment", environment)).__name__
 
 
 def _step_timeout(environment: Any) -> float | None:
@@ -263,19 +283,26 @@ class _Failure:
         self.traceback = formatted
 
 
-class _BrokenEnvironment(ToolEnvironment):
+class _BrokenEnvironment(TurnEnvironment):
     """Stands in for an environment whose ``reset`` failed: its first turn ends the trajectory with an error."""
 
-    def __init__(self, environment: Any, reason: str, hung: bool):
-        self.environment = environment
+    def __init__(self, adapter: TurnEnvironment, reason: str, hung: bool):
+        self.adapter = adapter
+        self.environment = adapter.environment
         self.reason = reason
         self.hung = hung
-        self.stop_strings = tuple(getattr(environment, "stop_strings", ()))
+        self.stop_strings = tuple(adapter.stop_strings)
 
-    def step(self, turn_text: str) -> ToolResult:
+    def reset(self, **row: Any) -> str | None:
+        return None
+
+    def observation_ids(self, result: ToolResult, turn: TurnInput) -> list[int]:
+        return []
+
+    def step(self, turn: TurnInput) -> ToolResult:
         return ToolResult(observation=f"Error: the tool environment failed to start ({self.reason}).", done=True,
                           error=True, tool_called=True, metadata={"environment_failure": self.reason,
                                                                   "timed_out": self.hung})
 
     def close(self) -> None:
-        self.environment.close()
+        self.adapter.close()

@@ -42,6 +42,7 @@ class Trajectory:
     truncated: bool = False
     stop_reason: str = ""
     environment_failure: str | None = None
+    environment: Any = field(default=None, repr=False)  # the user's environment object (reward ``environments``)
 
     def append(self, ids: list[int], sampled: bool) -> None:
         self.completion_ids.extend(ids)
@@ -62,6 +63,17 @@ class Trajectory:
     @property
     def num_tool_errors(self) -> int:
         return sum(turn.tool_error for turn in self.turns)
+
+    @property
+    def num_function_calls(self) -> int:
+        """Tool calls counted as TRL counts them: every call of a turn (a code-interpreter turn runs one)."""
+        return sum(int(turn.metadata.get("tool_calls", int(turn.tool_called))) for turn in self.turns)
+
+    @property
+    def num_function_call_failures(self) -> int:
+        """Failed tool calls counted as TRL counts them (a raised exception, an unknown tool)."""
+        return sum(int(turn.metadata.get("tool_failures", int(turn.tool_called and turn.tool_error)))
+                   for turn in self.turns)
 
     @property
     def first_error_turn(self) -> int:
