@@ -440,3 +440,23 @@ def test_a_template_that_cannot_render_tool_calls_is_refused_at_construction(tok
     with pytest.raises(ValueError, match="cannot render a tool-calling conversation"):
         make_trainer(tokenizer, tmp_path, dataset, {}, environment_factory=IncrementEnv,
                      config=dict(per_device_train_batch_size=2))
+
+
+def test_the_guides_trl_environment_runs_as_written(qwen3, tmp_path):
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "environments.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", guide, re.DOTALL) if "class CounterEnv" in b)
+    namespace: dict = {}
+    exec(compile(block, "environments.md", "exec"), namespace)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "alpha: reach 3."}], "target": 3},
+                                 {"prompt": [{"role": "user", "content": "beta: reach 4."}], "target": 4}])
+    scripts = {"alpha:": [call("increment", a=3), "Done."], "beta:": [call("increment", a=3), "Done."]}
+    trainer = make_trainer(qwen3, tmp_path, dataset, scripts, environment_factory=namespace["CounterEnv"])
+    seen = record(trainer)
+    trainer.train()
+    alpha = next(t for t in seen["trajectories"] if "alpha:" in qwen3.decode(t.prompt_ids))
+    assert "alpha: reach 3. Use the increment tool.<|im_end|>" in qwen3.decode(alpha.prompt_ids)
+    assert segments(qwen3, alpha)[1] == (tool_glue("3"), False)
+    assert sorted(seen["rewards"]) == [0.0, 0.0, 1.0, 1.0]
