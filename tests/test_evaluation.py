@@ -267,7 +267,8 @@ def test_a_model_is_evaluated_in_its_training_format_and_system_prompt(tokenizer
                          max_tool_calling_iterations=3, report_to=[])
     config = EvaluationConfig.from_training_args(training, num_samples=1, system_prompt="You are terse.",
                                                  max_completion_length=512, )
-    assert (config.tool_call_format, config.max_tool_response_chars, config.max_turns) == ("json", 40, 3)
+    # 3 tool rounds (TRL's count, as in training) = at most 4 assistant turns
+    assert (config.tool_call_format, config.max_tool_response_chars, config.max_turns) == ("json", 40, 4)
     contexts = []
 
     def script(problem, sample, turn):

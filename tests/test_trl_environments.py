@@ -460,3 +460,10 @@ def test_the_guides_trl_environment_runs_as_written(qwen3, tmp_path):
     assert "alpha: reach 3. Use the increment tool.<|im_end|>" in qwen3.decode(alpha.prompt_ids)
     assert segments(qwen3, alpha)[1] == (tool_glue("3"), False)
     assert sorted(seen["rewards"]) == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_function_tools_with_a_teacher_of_another_tokenizer_are_refused_at_construction(qwen3, tokenizer, tmp_path):
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "q"}], "target": 1}])
+    with pytest.raises(ValueError, match="teacher whose tokenizer differs from the student's are not supported"):
+        make_trainer(qwen3, tmp_path, dataset, {}, environment_factory=IncrementEnv,
+                     teacher_processing_class=tokenizer, config=dict(per_device_train_batch_size=2))

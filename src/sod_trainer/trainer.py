@@ -168,6 +168,12 @@ class SODTrainer(Trainer):
         # TRL-style environments / tools go behind one adapter; get_reward() methods become reward sources (weight 1)
         environment_factory, function_tools = resolve_environment_factory(
             environment_factory, tools, processing_class, args.chat_template_kwargs)
+        if function_tools is not None and teacher_tokenizer is not None:
+            raise ValueError(
+                "TRL-style environments / tools=[...] with a teacher whose tokenizer differs from the student's are "
+                "not supported yet: the cross-tokenizer teacher re-renders each turn's observation as one tool "
+                "response without the function schemas, so it would score a different context. Use a teacher with "
+                "the student's tokenizer, or the code-interpreter environment.")
         reward_weights = list(args.reward_weights or [1.0] * len(reward_funcs))
         if function_tools is not None:
             reward_funcs += function_tools.reward_funcs

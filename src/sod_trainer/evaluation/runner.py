@@ -99,6 +99,8 @@ class EvaluationConfig:
         arguments, tool output cut, budgets, sandbox), sampling at the paper's evaluation defaults; ``overrides``
         set any field, e.g. ``system_prompt=`` (the training prompt lives in the dataset, not in SODConfig)."""
         values = {ours: getattr(args, theirs) for theirs, ours in _FROM_TRAINING.items() if hasattr(args, theirs)}
+        if "max_turns" in values:  # SODConfig counts tool rounds (as TRL); a trajectory has one assistant turn more
+            values["max_turns"] = values["max_turns"] + 1
         if isinstance(values.get("chat_template_kwargs"), str):
             values["chat_template_kwargs"] = json.loads(values["chat_template_kwargs"])
         known = {f.name for f in fields(cls)}
