@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of the full student")
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--cross-tokenizer", action="store_true",
+                        help="a teacher with another tokenizer and chat template (the cross-tokenizer path)")
     parser.add_argument("--uneven-turns", action="store_true",
                         help="an environment under which the processes need different numbers of turns")
     args = parser.parse_args(argv)
@@ -130,7 +132,8 @@ def main(argv=None) -> int:
         ddp_backend="gloo" if not torch.cuda.is_available() and world_size > 1 else None,
     )
     student = make_tiny_model(tokenizer, hidden=64, layers=2, seed=0)
-    teacher = make_tiny_model(tokenizer, hidden=96, layers=2, seed=1)
+    teacher_tokenizer = build_tokenizer(vocab_size=400, family="header") if args.cross_tokenizer else None
+    teacher = make_tiny_model(tokenizer if teacher_tokenizer is None else teacher_tokenizer, hidden=96, layers=2, seed=1)
     peft_config = None
     if args.lora:
         from peft import LoraConfig
@@ -139,6 +142,7 @@ def main(argv=None) -> int:
                                  init_lora_weights=True)
     trainer = SODTrainer(model=student, teacher_model=teacher, args=config, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, reward_funcs=[reward], peft_config=peft_config,
+                         teacher_processing_class=teacher_tokenizer,
                          environment_factory=UnevenTurnsEnvironment if args.uneven_turns else None)
     if args.backend == "scripted":
         trainer.rollout_engine.backend = ScriptedBackend(tokenizer)
@@ -183,6 +187,8 @@ def main(argv=None) -> int:
         "grad_norms": [entry.get("grad_norm") for entry in logs],
         "rewards": [entry.get("reward") for entry in logs],
         "steps_per_trajectory": [entry.get("steps_per_trajectory") for entry in logs],
+        "unaligned_tokens": [entry.get("teacher/unaligned_tokens") for entry in logs],
+        "cross_tokenizer": type(trainer.scorer.teacher).__name__ == "CrossTokenizerTeacher",
         "global_step": trainer.state.global_step,
         "trainable_checksum": checksum,
         "train_seconds": elapsed,

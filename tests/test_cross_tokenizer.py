@@ -101,9 +101,10 @@ def scripted_trajectory(tokenizer, turns: list[str], observations: list[str]) ->
     return trajectory
 
 
-def test_teacher_reads_the_conversation_in_its_own_template_with_other_glue():
+@pytest.mark.parametrize("kind", ["byte_level", "metaspace"])
+def test_teacher_reads_the_conversation_in_its_own_template_with_other_glue(kind):
     student = build_tokenizer()
-    teacher = build_tokenizer(vocab_size=400, family="header")
+    teacher = build_tokenizer(vocab_size=400 if kind == "byte_level" else 600, family="header", kind=kind)
     cross = CrossTokenizerTeacher(None, student, teacher)
     messages = [{"role": "user", "content": "7*6 with the tool?"}]
     turns = ["```python\nprint(7 * 6)\n```", "So \\boxed{42}. Ça va 😀"]
@@ -114,24 +115,25 @@ def test_teacher_reads_the_conversation_in_its_own_template_with_other_glue():
                     {"role": "assistant", "content": turns[1]}], tokenize=False)
     assert teacher.decode(plan.ids) == expected
     # every model token of the student is in exactly one span; observation glue is in none
-    covered = sorted(i for students, _ in plan.groups for i in students)
+    covered = sorted(i for s0, s1, _, _ in plan.groups for i in range(s0, s1))
     model_tokens = [i for i, m in enumerate(trajectory.assistant_mask) if m]
     assert covered == model_tokens and not plan.unaligned
     # each student end-of-turn token is scored by the teacher's end-of-turn token, and texts match span by span
-    for students, teachers in plan.groups:
-        s_text = student.decode([trajectory.completion_ids[i] for i in students])
-        t_text = teacher.decode([plan.ids[plan.prompt_length + j] for j in teachers])
+    for s0, s1, t0, t1 in plan.groups:
+        s_text = student.decode(trajectory.completion_ids[s0:s1])
+        t_text = teacher.decode(plan.ids[plan.prompt_length + t0:plan.prompt_length + t1])
         assert (s_text, t_text) == ("<|im_end|>", "<|eot_id|>") or s_text == t_text
-    assert sorted(j for _, teachers in plan.groups for j in teachers) == plan.scored
+    assert sorted(j for _, _, t0, t1 in plan.groups for j in range(t0, t1)) == plan.scored
 
 
 # ---------------------------------------------------------------------- the trainer, same and other tokenizers
-def make_trainer(tokenizer, tmp_path, teacher=None, teacher_tokenizer=None, **overrides):
+def make_trainer(tokenizer, tmp_path, teacher=None, teacher_tokenizer=None, served=False, **overrides):
     config = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
                   max_completion_length=160, max_steps=1, learning_rate=5e-3, report_to=[], use_cpu=True,
                   save_strategy="no", seed=0, max_tool_calling_iterations=4, logging_steps=1)
     config.update(overrides)
-    teacher = teacher if teacher is not None else make_tiny_model(tokenizer, hidden=96, seed=1)
+    if teacher is None and not served:
+        teacher = make_tiny_model(tokenizer, hidden=96, seed=1)
     trainer = SODTrainer(model=make_tiny_model(tokenizer, seed=0), teacher_model=teacher,
                          args=SODConfig(**config), train_dataset=dataset(), processing_class=tokenizer,
                          reward_funcs=[reward], teacher_processing_class=teacher_tokenizer)
@@ -188,3 +190,79 @@ def test_other_vocabulary_without_its_tokenizer_is_refused_with_the_fix(tokenize
     teacher = make_tiny_model(build_tokenizer(vocab_size=400, family="header"), hidden=96, seed=1)
     with pytest.raises(ValueError, match="teacher_tokenizer_name_or_path"):
         make_trainer(tokenizer, tmp_path, teacher=teacher)
+
+
+# ---------------------------------------------------------------------- a served teacher with another tokenizer
+class ModelServer:
+    """A fake vLLM server whose prompt log-probs come from a real (tiny) teacher model."""
+
+    def __new__(cls, tokenizer, model):
+        from fake_server import FakeVLLMServer
+
+        class Served(FakeVLLMServer):
+            def _answer(self, path, payload):
+                if path != "/v1/completions":
+                    return super()._answer(path, payload)
+                choices = []
+                for index, sequence in enumerate(payload["prompt"]):
+                    ids = torch.tensor([sequence])
+                    with torch.no_grad():
+                        logits = model(input_ids=ids).logits.float()
+                    logps = torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
+                    entries = [None] + [{str(t): {"logprob": v, "rank": 1}} for t, v in zip(sequence[1:], logps)]
+                    choices.append({"index": index, "text": "", "prompt_logprobs": entries})
+                return {"choices": choices}
+
+        return Served(tokenizer)
+
+
+def test_served_teacher_with_another_tokenizer_scores_like_the_local_one(tokenizer, tmp_path):
+    from sod_trainer.teacher_server import ServerTeacher
+
+    teacher_tokenizer = build_tokenizer(vocab_size=400, family="header")
+    teacher = make_tiny_model(teacher_tokenizer, hidden=96, seed=1).eval()
+    turns = ["```python\nprint(7 * 6)\n```", "So \\boxed{42}. Ça va 😀"]
+    trajectories = [scripted_trajectory(tokenizer, turns, ["42"]), scripted_trajectory(tokenizer, turns[1:], [])]
+    messages = [[{"role": "user", "content": "7*6 with the tool?"}]] * 2
+    width = max(t.completion_length for t in trajectories)
+    local = CrossTokenizerTeacher(LocalTeacher(teacher), tokenizer, teacher_tokenizer)
+    expected = local.score_trajectories(trajectories, messages, width, rows_per_call=1)
+    with ModelServer(teacher_tokenizer, teacher) as server:
+        served = CrossTokenizerTeacher(ServerTeacher(server.url, teacher_tokenizer), tokenizer, teacher_tokenizer)
+        got = served.score_trajectories(trajectories, messages, width, rows_per_call=2)
+        assert torch.equal(got.span_ids, expected.span_ids) and torch.equal(got.aligned, expected.aligned)
+        assert torch.allclose(got.logps, expected.logps, atol=1e-4)
+        assert (expected.logps[expected.aligned] != 0).any()
+        # the trainer wires the served teacher through the cross path when given the teacher's tokenizer
+        trainer = make_trainer(tokenizer, tmp_path, teacher=None, teacher_tokenizer=teacher_tokenizer,
+                               teacher_server_url=server.url, served=True)
+        assert isinstance(trainer.scorer.teacher, CrossTokenizerTeacher)
+        assert isinstance(trainer.scorer.teacher.scorer, ServerTeacher)
+        trainer.train()
+        last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+        assert math.isfinite(last["loss"]) and last["teacher/unaligned_tokens"] == 0
+
+
+def test_text_the_teacher_normalizes_away_is_left_out_of_the_loss_and_counted(tokenizer, tmp_path):
+    from tokenizers import normalizers
+
+    teacher_tokenizer = build_tokenizer(vocab_size=400, family="header")
+    teacher_tokenizer.backend_tokenizer.normalizer = normalizers.NFKC()  # "①" becomes "1", "ﬁ" becomes "fi"
+    teacher = make_tiny_model(teacher_tokenizer, hidden=96, seed=1)
+    trainer = make_trainer(tokenizer, tmp_path, teacher=teacher, teacher_tokenizer=teacher_tokenizer,
+                           num_iterations=2)
+    scripts = {"alpha": ["Step ① ﬁrst.\n```python\n1234 * 56\n```", "So \\boxed{69104}."],
+               "beta": ["```python\nprint(7 * 6)\n```", "\\boxed{42}"]}
+    trainer.rollout_engine.backend = ScriptedBackend(tokenizer, scripts)
+    batch = trainer.scorer.build([row for row in dataset() for _ in range(2)], trainer.rollout_engine,
+                                 student_logprobs=trainer._student_logprobs)
+    left_out_total = 0
+    for row, trajectory in enumerate(batch.trajectories):
+        ids = trajectory.completion_ids
+        left_out = [j for j, m in enumerate(trajectory.assistant_mask) if m and not batch.tensors["loss_mask"][row, j]]
+        left_out_total += len(left_out)
+        # alpha: the two characters and the space the teacher merges with "f" into " f"; beta: nothing
+        expected = "① ﬁ" if "alpha" in tokenizer.decode(trajectory.prompt_ids) else ""
+        assert tokenizer.decode([ids[j] for j in left_out]) == expected
+    assert batch.metrics["teacher/unaligned_tokens"] == left_out_total > 0
+    assert torch.isfinite(batch.tensors["advantages"]).all()

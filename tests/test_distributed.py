@@ -147,3 +147,14 @@ def test_zero3_hf_generation_with_uneven_turns_across_processes(tmp_path):
     assert max(row[2] for row in single["rollouts"]) == 3 and min(row[2] for row in single["rollouts"]) == 1
     launched = run_launched(tmp_path, "zero3", *extra, timeout=180)
     assert_same_training(single, launched, "zero3 hf uneven turns")
+
+
+def test_zero3_with_a_teacher_of_another_tokenizer_matches(tmp_path):
+    """The cross-tokenizer teacher (issue 19) under ZeRO-3: the sharded teacher is called equally often on both
+    processes (one call per micro-batch of rows), and training matches a single process."""
+    pytest.importorskip("deepspeed")
+    single = run_single(tmp_path, "--cross-tokenizer")
+    launched = run_launched(tmp_path, "zero3", "--cross-tokenizer")
+    assert single["cross_tokenizer"] and launched["cross_tokenizer"] and launched["zero_stage"] == 3
+    assert single["unaligned_tokens"] == [0] * len(single["unaligned_tokens"])
+    assert_same_training(single, launched, "zero3 cross-tokenizer teacher")

@@ -21,7 +21,9 @@ import difflib
 from bisect import bisect_left
 from dataclasses import dataclass
 
-__all__ = ["AlignedGroup", "TokenBytes", "align_pieces"]
+import torch
+
+__all__ = ["AlignedGroup", "TokenBytes", "align_pieces", "equal_text_cuts"]
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -39,28 +41,33 @@ class TokenBytes:
         self.byte_level = backend is not None and "ByteLevel" in repr(backend.decoder)
         self.added = {int(i): str(getattr(t, "content", t)) for i, t in
                       getattr(tokenizer, "added_tokens_decoder", {}).items()}
-        self._decoder = _byte_decoder() if self.byte_level else {}
-        self._cache: dict[int, bytes | None] = {}
+        self._table: list[bytes | None] | None = None  # byte-level: the bytes of every id, built on first use
 
-    def _byte_level_piece(self, token_id: int) -> bytes | None:
-        if token_id not in self._cache:
-            if token_id in self.added:
-                value = self.added[token_id].encode("utf-8")
-            else:
-                piece = self.tokenizer.convert_ids_to_tokens(token_id)
+    def _byte_table(self) -> list[bytes | None]:
+        if self._table is None:
+            decoder = _byte_decoder()
+            table: list[bytes | None] = []
+            for token_id, piece in enumerate(self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))):
+                if token_id in self.added:
+                    table.append(self.added[token_id].encode("utf-8"))
+                    continue
                 try:
-                    value = bytes(self._decoder[char] for char in piece) if piece is not None else None
+                    table.append(bytes(decoder[char] for char in piece) if piece is not None else None)
                 except KeyError:  # not a byte-level piece: let decode() say what it is
-                    value = None
-            self._cache[token_id] = value
-        return self._cache[token_id]
+                    table.append(None)
+            self._table = table
+        return self._table
 
     def pieces(self, ids: list[int]) -> list[bytes] | None:
         """One ``bytes`` per id (possibly empty: a token that only completes a character with the next one
         gets nothing, the completing token the whole character); None when they cannot be told apart."""
         if self.byte_level:
-            pieces = [self._byte_level_piece(i) for i in ids]
-            if all(piece is not None for piece in pieces):
+            table = self._byte_table()
+            try:
+                pieces = [table[i] for i in ids]
+            except IndexError:  # an id past the tokenizer (a padded model vocabulary)
+                return None
+            if None not in pieces:
                 return pieces
         return self._decoded_pieces(ids)
 
@@ -134,9 +141,25 @@ def _monotone(pairs: list[tuple[int, int]], end: tuple[int, int]) -> list[tuple[
     return kept
 
 
+def equal_text_cuts(student: list[bytes], teacher: list[bytes]) -> tuple[list[int], list[int]]:
+    """For two tokenizations of the same bytes: the token indices where groups start and end, on each side
+    (``cuts[g]:cuts[g + 1]`` is group ``g``). GOLD's walk, vectorized: groups close where both sides have a token
+    ending at the same byte; a token without bytes falls into the group after it (the last one at the end)."""
+    s_ends = torch.tensor([len(piece) for piece in student], dtype=torch.long).cumsum(0)
+    t_ends = torch.tensor([len(piece) for piece in teacher], dtype=torch.long).cumsum(0)
+    common = s_ends[torch.isin(s_ends, t_ends) & (s_ends > 0) & (s_ends < s_ends[-1])].unique()
+    s_cuts = [0] + (torch.searchsorted(s_ends, common) + 1).tolist() + [len(student)]
+    t_cuts = [0] + (torch.searchsorted(t_ends, common) + 1).tolist() + [len(teacher)]
+    return s_cuts, t_cuts
+
+
 def align_pieces(student: list[bytes], teacher: list[bytes]) -> list[AlignedGroup]:
     """Groups of student and teacher tokens between the boundaries both tokenizations share (see module doc)."""
     s_text, t_text = b"".join(student), b"".join(teacher)
+    if s_text == t_text and s_text:
+        s_cuts, t_cuts = equal_text_cuts(student, teacher)
+        return [AlignedGroup(s_cuts[g], s_cuts[g + 1], t_cuts[g], t_cuts[g + 1], True)
+                for g in range(len(s_cuts) - 1)]
     s_starts, t_starts = _starts(student), _starts(teacher)
     s_bounds = sorted(set(s_starts) | {len(s_text)})
     t_bounds = sorted(set(t_starts) | {len(t_text)})

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .alignment import TokenBytes, align_pieces
+from .alignment import TokenBytes, align_pieces, equal_text_cuts
 from .data import encode_prompt
 from .rollout.glue import ToolResponseFormatter
 from .rollout.types import Trajectory
@@ -52,8 +52,16 @@ class _Plan:
     ids: list[int]
     prompt_length: int
     scored: list[int]  # teacher completion positions to score
-    groups: list[tuple[list[int], list[int]]]  # (student completion positions, teacher completion positions)
+    groups: list[tuple[int, int, int, int]]  # student [s0, s1) and teacher [t0, t1) completion positions
     unaligned: list[int]  # student completion positions
+
+
+def _ranges(starts: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ranges ``[starts[g], ends[g])``: the range index and the position of every element, concatenated."""
+    lengths = ends - starts
+    group = torch.repeat_interleave(torch.arange(len(starts)), lengths)
+    offsets = torch.repeat_interleave(starts - (lengths.cumsum(0) - lengths), lengths)
+    return group, torch.arange(len(group)) + offsets
 
 
 class CrossTokenizerTeacher:
@@ -97,7 +105,7 @@ class CrossTokenizerTeacher:
                                chat_template_kwargs=self.chat_template_kwargs)
         completion: list[int] = []
         scored: list[int] = []
-        groups: list[tuple[list[int], list[int]]] = []
+        groups: list[tuple[int, int, int, int]] = []
         unaligned: list[int] = []
         ids = trajectory.completion_ids
         for index, turn in enumerate(trajectory.turns):
@@ -111,25 +119,31 @@ class CrossTokenizerTeacher:
                 unaligned.extend(range(turn.start, turn.start + len(content)))
                 teacher_content = self.teacher_tokenizer.encode(text, add_special_tokens=False)
             else:
-                text = b"".join(pieces).decode("utf-8", errors="replace")
+                raw = b"".join(pieces)
+                text = raw.decode("utf-8", errors="replace")
                 teacher_content = self.teacher_tokenizer.encode(text, add_special_tokens=False)
                 teacher_pieces = self.teacher_bytes.pieces(teacher_content)
                 if teacher_pieces is None:
                     unaligned.extend(range(turn.start, turn.start + len(content)))
                 else:
                     offset = len(completion)
-                    for group in align_pieces(pieces, teacher_pieces):
-                        students = list(range(turn.start + group.s_start, turn.start + group.s_end))
-                        if group.aligned:
-                            groups.append((students, list(range(offset + group.t_start, offset + group.t_end))))
-                        else:
-                            unaligned.extend(students)
+                    if raw and raw == b"".join(teacher_pieces):  # the same bytes (the usual case): vectorized
+                        s_cuts, t_cuts = equal_text_cuts(pieces, teacher_pieces)
+                        groups.extend(zip([turn.start + c for c in s_cuts[:-1]], [turn.start + c for c in s_cuts[1:]],
+                                          [offset + c for c in t_cuts[:-1]], [offset + c for c in t_cuts[1:]]))
+                    else:
+                        for group in align_pieces(pieces, teacher_pieces):
+                            s0, s1 = turn.start + group.s_start, turn.start + group.s_end
+                            if group.aligned:
+                                groups.append((s0, s1, offset + group.t_start, offset + group.t_end))
+                            else:
+                                unaligned.extend(range(s0, s1))
             scored.extend(range(len(completion), len(completion) + len(teacher_content)))
             completion.extend(teacher_content)
             end = self.end_of_glued_turn if followed else self.end_of_turn
             if ended:
                 if end:  # the student ended its turn: the teacher's probability of ending it there
-                    groups.append(([turn.end - 1], list(range(len(completion), len(completion) + len(end)))))
+                    groups.append((turn.end - 1, turn.end, len(completion), len(completion) + len(end)))
                     scored.extend(range(len(completion), len(completion) + len(end)))
                     completion.extend(end)
                 else:
@@ -139,7 +153,7 @@ class CrossTokenizerTeacher:
         return _Plan(prompt + completion, len(prompt), scored, groups, unaligned)
 
     # ------------------------------------------------------------------ scoring
-    def _score_plans(self, plans: list[_Plan], device) -> list[list[float]]:
+    def _score_plans(self, plans: list[_Plan], device) -> torch.Tensor:
         """Teacher log-probs of each plan's teacher completion tokens, one scorer call for all ``plans``."""
         width = max(len(p.ids) for p in plans)
         completion_width = max(1, max(len(p.ids) - p.prompt_length for p in plans))
@@ -154,7 +168,7 @@ class CrossTokenizerTeacher:
         starts = torch.tensor([p.prompt_length for p in plans], dtype=torch.long)
         logps = self.scorer.score(input_ids.to(device), attention_mask.to(device), starts.to(device),
                                   token_mask.to(device))
-        return logps.float().cpu().tolist()
+        return logps.float().cpu()
 
     def score_trajectories(self, trajectories: Sequence[Trajectory], messages: Sequence[list[dict]], width: int,
                            *, rows_per_call: int = 8, device=None) -> CrossTeacherScores:
@@ -169,7 +183,6 @@ class CrossTokenizerTeacher:
         batch = len(trajectories)
         logps = torch.zeros(batch, width, dtype=torch.float32)
         span_ids = torch.full((batch, width), -1, dtype=torch.long)
-        aligned = torch.zeros(batch, width, dtype=torch.bool)
         size = max(1, rows_per_call)
         scoring = 0.0
         spans = tokens_in_spans = teacher_tokens_in_spans = 0
@@ -180,15 +193,18 @@ class CrossTokenizerTeacher:
             scoring += time.perf_counter() - begun
             begun = time.perf_counter()
             for local, plan in enumerate(chunk):
-                row = first + local
-                row_values = values[local]
-                for span, (students, teachers) in enumerate(plan.groups):
-                    logps[row, students[-1]] = sum(row_values[j] for j in teachers)
-                    span_ids[row, students] = span
-                    aligned[row, students] = True
+                if not plan.groups:
+                    continue
+                s0, s1, t0, t1 = torch.tensor(plan.groups, dtype=torch.long).unbind(1)
+                t_group, t_positions = _ranges(t0, t1)
+                span_logps = torch.zeros(len(plan.groups), dtype=torch.float64).index_add_(
+                    0, t_group, values[local].double()[t_positions])  # a one-token span: exactly its value
+                s_group, s_positions = _ranges(s0, s1)
+                span_ids[first + local, s_positions] = s_group
+                logps[first + local, s1 - 1] = span_logps.float()
                 spans += len(plan.groups)
-                tokens_in_spans += sum(len(s) for s, _ in plan.groups)
-                teacher_tokens_in_spans += sum(len(t) for _, t in plan.groups)
+                tokens_in_spans += len(s_positions)
+                teacher_tokens_in_spans += len(t_positions)
             aligning += time.perf_counter() - begun
         model_tokens = sum(sum(t.assistant_mask) for t in trajectories)
         unaligned = sum(len(p.unaligned) for p in plans)
@@ -200,4 +216,4 @@ class CrossTokenizerTeacher:
             "teacher/alignment_seconds": aligning,
             "teacher/scoring_seconds": scoring,
         }
-        return CrossTeacherScores(logps.to(device), span_ids.to(device), aligned.to(device), stats)
+        return CrossTeacherScores(logps.to(device), span_ids.to(device), (span_ids >= 0).to(device), stats)
