@@ -467,3 +467,43 @@ def test_function_tools_with_a_teacher_of_another_tokenizer_are_refused_at_const
     with pytest.raises(ValueError, match="teacher whose tokenizer differs from the student's are not supported"):
         make_trainer(qwen3, tmp_path, dataset, {}, environment_factory=IncrementEnv,
                      teacher_processing_class=tokenizer, config=dict(per_device_train_batch_size=2))
+
+
+class ProceduralEnv:
+    """An environment that owns the data: reset returns the whole task (TRL allows no train_dataset then)."""
+
+    def reset(self, **kwargs) -> str:
+        self._total = None
+        return "alpha: add 2 and 3 with the add tool."
+
+    def add(self, a: int, b: int) -> int:
+        """
+        Add two integers.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+
+        Returns:
+            The sum.
+        """
+        self._total = a + b
+        return self._total
+
+    def get_reward(self) -> float:
+        return 1.0 if self._total == 5 else 0.0
+
+
+def test_an_environment_that_owns_the_data_trains_without_a_dataset(qwen3, tmp_path):
+    scripts = {"alpha:": [call("add", a=2, b=3), "5"]}
+    trainer = make_trainer(qwen3, tmp_path, None, scripts, environment_factory=ProceduralEnv)
+    seen = record(trainer)
+    trainer.train()
+    first = seen["trajectories"][0]
+    assert "<|im_start|>user\nalpha: add 2 and 3 with the add tool.<|im_end|>" in qwen3.decode(first.prompt_ids)
+    assert segments(qwen3, first)[1] == (tool_glue("5"), False)
+    assert len(seen["trajectories"]) == 4 and seen["rewards"] == [1.0] * 4
+    with pytest.raises(ValueError, match="needs a train_dataset with an `environment` column"):
+        make_trainer(qwen3, tmp_path, None, scripts, environment_factory={"a": ProceduralEnv})
+    with pytest.raises(ValueError, match="set max_steps"):
+        make_trainer(qwen3, tmp_path, None, scripts, environment_factory=ProceduralEnv, config=dict(max_steps=-1))

@@ -47,9 +47,15 @@ class DatasetRowError(ValueError):
     """A dataset row that cannot be turned into a prompt; the message names the row and the column."""
 
 
-def row_to_messages(row: dict[str, Any], index: int | None = None, extra_text: str | None = None) -> list[dict]:
-    """The chat messages of a row's prompt (``extra_text`` from ``ToolEnvironment.reset`` is appended)."""
+def row_to_messages(row: dict[str, Any], index: int | None = None, extra_text: str | None = None,
+                    environment_prompt: bool = False) -> list[dict]:
+    """The chat messages of a row's prompt (``extra_text`` from ``ToolEnvironment.reset`` is appended).
+
+    ``environment_prompt``: a TRL-style environment owns the data (as in TRL, a row may then have no prompt, or an
+    empty one: its ``reset`` returns the text); such a row gets an empty user message."""
     where = f"row {index}" if index is not None else "a row"
+    if environment_prompt and all(row.get(column) is None for column in PROMPT_COLUMNS):
+        row = {**row, "prompt": [{"role": "user", "content": ""}]}
     if "prompt" in row and row["prompt"] is not None:
         prompt = row["prompt"]
         if not isinstance(prompt, (str, list, tuple)):
@@ -95,7 +101,7 @@ def row_to_messages(row: dict[str, Any], index: int | None = None, extra_text: s
                 f"Dataset {where}: column {column!r} must hold chat messages like "
                 f"{{'role': 'user', 'content': '...'}}, got {message!r:.120}."
             )
-    if not any(m["content"].strip() for m in messages):
+    if not environment_prompt and not any(m["content"].strip() for m in messages):
         raise DatasetRowError(f"Dataset {where}: the prompt in column {column!r} is empty (only whitespace). Fill it "
                               "in, or filter the row out (dataset.filter(...)).")
     if extra_text:

@@ -170,7 +170,9 @@ class RolloutScorer:
         ``options``: per row, extra rendering arguments from its environment (TRL-style function tools)."""
         messages, ids = [], []
         for row, extra, option in zip(rows, extras, options or [{}] * len(rows)):
-            row_messages = row_to_messages(row, None, extra)
+            option = dict(option)
+            supplied = option.pop("environment_prompt", False)
+            row_messages = row_to_messages(row, None, extra, environment_prompt=supplied)
             messages.append(row_messages)
             ids.append(encode_prompt(
                 self.tokenizer, row_messages, max_prompt_length=self.args.max_prompt_length,

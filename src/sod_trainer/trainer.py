@@ -44,6 +44,22 @@ def _identity(rows):
     return rows
 
 
+def _placeholder_dataset(function_tools, args):
+    """As TRL: without a train_dataset, an environment whose ``reset`` returns the prompt drives the run; one rollout
+    batch's worth of empty prompts, cycled for ``max_steps``."""
+    from datasets import Dataset
+
+    if function_tools.multi_environment:
+        raise ValueError("A dict environment_factory (several environments) needs a train_dataset with an "
+                         "`environment` column to route each row to its environment. Pass a dataset, or a single "
+                         "environment factory.")
+    if args.max_steps <= 0:
+        raise ValueError("Without a train_dataset (the environment returns the prompt from reset()), set max_steps to "
+                         "a positive number to define the training length, e.g. SODConfig(max_steps=100).")
+    rows = args.generation_batch_size // args.num_generations
+    return Dataset.from_dict({"prompt": [[{"role": "user", "content": ""}]] * rows})
+
+
 def _prompt_options(function_tools):
     """The prompt-rendering arguments (function tools, template) of the environment a dataset row selects."""
 
@@ -185,12 +201,16 @@ class SODTrainer(Trainer):
                 "get_reward(), or set grpo_coef=0 for pure step-weighted distillation."
             )
 
+        environment_prompt = function_tools is not None and bool(function_tools.factories)
+        if train_dataset is None and environment_prompt:
+            train_dataset = _placeholder_dataset(function_tools, args)
         if args.validate_dataset:
             for dataset in (train_dataset, eval_dataset):
                 if function_tools is not None:
                     function_tools.check_rows(dataset)
                 validate_prompts(dataset, processing_class, args,
-                                 _prompt_options(function_tools) if function_tools is not None else None)
+                                 _prompt_options(function_tools) if function_tools is not None else None,
+                                 environment_prompt=environment_prompt)
                 validate_reward_columns(dataset, reward_funcs)
         self.interrupt_handler = InterruptHandler()
         super().__init__(

@@ -24,20 +24,22 @@ def check_chat_template(tokenizer, chat_template_kwargs: dict | None = None) -> 
         )
 
 
-def validate_prompts(dataset, tokenizer, args, prompt_options=None) -> None:
+def validate_prompts(dataset, tokenizer, args, prompt_options=None, environment_prompt: bool = False) -> None:
     """Build every row's prompt once (map-style datasets): raises ``DatasetRowError`` naming the bad row.
-    ``prompt_options(row)``: extra rendering arguments of the row's environment (its function tools)."""
+    ``prompt_options(row)``: extra rendering arguments of the row's environment (its function tools);
+    ``environment_prompt``: a TRL-style environment's ``reset`` may supply the prompt (see ``row_to_messages``)."""
     from .data import encode_prompt, row_to_messages
 
     if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         return  # iterable datasets are checked row by row as they stream
     if isinstance(dataset, dict):  # a dict of datasets for several eval sets
         for part in dataset.values():
-            validate_prompts(part, tokenizer, args, prompt_options)
+            validate_prompts(part, tokenizer, args, prompt_options, environment_prompt)
         return
     for index in range(len(dataset)):
         row = dataset[index]
-        encode_prompt(tokenizer, row_to_messages(row, index), max_prompt_length=args.max_prompt_length,
+        encode_prompt(tokenizer, row_to_messages(row, index, environment_prompt=environment_prompt),
+                      max_prompt_length=args.max_prompt_length,
                       truncation=args.prompt_truncation, index=index, chat_template_kwargs=args.chat_template_kwargs,
                       **(prompt_options(row) if prompt_options is not None else {}))
 

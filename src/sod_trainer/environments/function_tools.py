@@ -229,7 +229,8 @@ class FunctionToolEnvironment(TurnEnvironment):
         return self.environment.reset(**kwargs)
 
     def prompt_options(self) -> dict[str, Any]:
-        return {"tools": self.tools or None, "chat_template": self.tools_setup.chat_template}
+        return {"tools": self.tools or None, "chat_template": self.tools_setup.chat_template,
+                "environment_prompt": bool(self.tools_setup.factories)}
 
     def step(self, turn: TurnInput) -> ToolResult:
         from trl.chat_template_utils import parse_response

@@ -54,7 +54,8 @@ class TurnEnvironment(ABC):
         """The ids appended after the turn for ``result`` (``assistant_mask = 0``)."""
 
     def prompt_options(self) -> dict[str, Any]:
-        """Extra ``apply_chat_template`` arguments for this trajectory's prompt (e.g. ``tools``)."""
+        """Extra ``apply_chat_template`` arguments for this trajectory's prompt (e.g. ``tools``), and
+        ``environment_prompt=True`` when the environment's ``reset`` may supply the whole prompt (TRL's kind)."""
         return {}
 
     def close(self) -> None:
