@@ -14,9 +14,12 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "$TORCH_SPEC"
 .venv/bin/python -m pip install -q -e ".[tests,plots,docs]"
-# bubblewrap gives the tool sandbox its namespaces; without it the sandbox falls back to rlimits (with a warning)
-if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 || echo "note: could not install bubblewrap"
+# bubblewrap gives the tool sandbox its namespaces (without it the sandbox falls back to rlimits, with a warning);
+# libseccomp2 its syscall filter (loaded by pyseccomp)
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 \
+   && { ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q libseccomp.so.2; }; then
+  (apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2) >/dev/null 2>&1 \
+    || echo "note: could not install bubblewrap/libseccomp2"
 fi
 # headless Chromium loads the trajectory viewer's pages in its tests and benchmark (skipped without it)
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

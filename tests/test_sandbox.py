@@ -127,25 +127,39 @@ def test_environment_is_scrubbed(sandbox, monkeypatch):
 
 
 @needs_bwrap
-def test_home_and_hidden_paths_are_hidden(temp_root):
+def test_readonly_paths_are_visible_and_hidden_paths_hide_part_of_them(temp_root):
     import tempfile
     from pathlib import Path
 
     private = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not under /tmp, which the sandbox replaces anyway
     try:
-        (private / "credentials.json").write_text("{}")
-        os.chmod(private, 0o755)
-        listing = f"import os\nprint(os.listdir({str(private)!r}))\nprint(sorted(os.listdir({os.path.expanduser('~')!r})))"
-        shown = PythonSandbox(SandboxConfig(temp_root=str(temp_root))).run(listing)
-        assert shown.stdout.splitlines()[0] == "['credentials.json']"  # the control: visible unless hidden
-        sandbox = PythonSandbox(SandboxConfig(temp_root=str(temp_root), hidden_paths=(str(private),)))
-        hidden, home = sandbox.run(listing).stdout.splitlines()
+        (private / "data").mkdir()
+        (private / "data" / "tests.jsonl").write_text("{}")
+        (private / "secret").mkdir()
+        (private / "secret" / "credentials.json").write_text("{}")
+        for path in (private, private / "data", private / "secret"):
+            os.chmod(path, 0o755)
+        listing = (f"import os\nfor path in ({str(private / 'data')!r}, {str(private / 'secret')!r}):\n"
+                   "    try:\n        print(sorted(os.listdir(path)))\n    except OSError as error:\n"
+                   "        print(type(error).__name__)\n"
+                   f"print(sorted(os.listdir({os.path.expanduser('~')!r})) if os.path.isdir({os.path.expanduser('~')!r})"
+                   " else 'no home')")
+        default = PythonSandbox(SandboxConfig(temp_root=str(temp_root))).run(listing).stdout.splitlines()
+        shown = PythonSandbox(SandboxConfig(temp_root=str(temp_root), readonly_paths=(str(private),),
+                                            hidden_paths=(str(private / "secret"),))).run(listing)
+        write = PythonSandbox(SandboxConfig(temp_root=str(temp_root), readonly_paths=(str(private),))).run(
+            f"open({str(private / 'data' / 'x')!r}, 'w')")
     finally:
         shutil.rmtree(private)
-    assert hidden == "[]"
-    visible_home = set(os.listdir(os.path.expanduser("~")))
-    # Only what the interpreter itself needs may show through (e.g. a Python installed under home).
-    assert len(eval(home)) <= 1 and len(visible_home) > 1
+    # outside the allowlist nothing exists; readonly_paths shows a directory, read-only; hidden_paths empties part of it
+    assert default[:2] == ["FileNotFoundError", "FileNotFoundError"]
+    assert shown.stdout.splitlines()[:2] == ["['tests.jsonl']", "[]"], shown.stderr
+    assert "Read-only file system" in write.stderr
+    # Only what the interpreter itself needs may show through of home (e.g. a Python installed under it).
+    home = default[2]
+    assert home == "no home" or len(eval(home)) <= 1
+    with pytest.raises(FileNotFoundError, match="readonly_paths"):
+        PythonSandbox(SandboxConfig(temp_root=str(temp_root), readonly_paths=("/nonexistent/sod",))).run("1")
 
 
 def test_extra_environment_variables_are_passed(temp_root):
@@ -329,10 +343,10 @@ def test_auto_without_bwrap_falls_back_loudly(fresh_plans, monkeypatch, temp_roo
 def test_bwrap_that_cannot_start_falls_back_loudly(fresh_plans, monkeypatch, temp_root):
     # e.g. a container that forbids namespaces: bwrap exists but exits with an error.
     monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: "/bin/false" if name == "bwrap" else None)
-    with pytest.warns(RuntimeWarning, match="bubblewrap could not start a sandbox"):
+    with pytest.warns(RuntimeWarning, match="bubblewrap cannot create namespaces here"):
         result = PythonSandbox(SandboxConfig(temp_root=str(temp_root))).run("1 + 1")
     assert result.isolation == "rlimits" and result.stdout == "2\n"
-    with pytest.raises(RuntimeError, match="could not start a sandbox"):
+    with pytest.raises(RuntimeError, match="cannot create namespaces here"):
         monkeypatch.setattr(sandbox_module, "_plans", {})
         PythonSandbox(SandboxConfig(isolation="bwrap")).run("1")
 
@@ -374,3 +388,19 @@ def test_code_tests_of_the_code_reward_run_on_this_sandbox(sandbox):
     slow = "while True: pass"
     quick = PythonSandbox(SandboxConfig(timeout_s=0.5, temp_root=sandbox.config.temp_root))
     assert run_code_tests(slow, tests, quick)[0].status == "timeout"
+
+
+def test_sod_env_reports_the_isolation_and_why(fresh_plans, monkeypatch):
+    from sod_trainer.cli import environment_info
+
+    info = environment_info()
+    if shutil.which("bwrap") is not None:
+        assert info["Sandbox isolation"] in ("bwrap", "bwrap-userns")
+        assert info["Sandbox filesystem"].startswith("allowlist, read-only: /usr")
+        assert info["Sandbox seccomp"] == "on" or info["Sandbox seccomp"].startswith("off (")
+        assert info["Sandbox limits"].startswith(("cgroup v1", "cgroup v2", "rlimits per process only (no cgroup: "))
+    monkeypatch.setattr(sandbox_module, "_plans", {})
+    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: None)
+    fallback = environment_info()
+    assert fallback["Sandbox isolation"].startswith("rlimits (NOT ISOLATED: bubblewrap (bwrap) is not installed")
+    assert fallback["Sandbox seccomp"].startswith("off (")

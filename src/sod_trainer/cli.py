@@ -190,6 +190,13 @@ def environment_info() -> dict[str, str]:
     for variable in ("HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "ACCELERATE_MIXED_PRECISION"):
         if variable in os.environ:
             info[variable] = os.environ[variable]
+    import warnings
+
+    from sod_trainer.environments.sandbox import isolation_report
+
+    with warnings.catch_warnings():  # the report says it; no second copy as a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        info.update(isolation_report())  # what the tool sandbox gives on this machine, and why
     return info
 
 

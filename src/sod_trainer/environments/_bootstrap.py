@@ -14,6 +14,9 @@ def _sod_boot():
     import os, sys, _ast, _signal, resource, builtins
     cfg = eval(sys.argv[1], {"__builtins__": {}})  # a literal written by the trainer
     sys.argv[:] = [""]
+    for fd in cfg["cgroup_fds"]:  # join the sandbox's cgroup(s) before anything else runs
+        os.write(fd, b"0")
+        os.close(fd)
     if cfg["no_new_privs"]:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
@@ -127,9 +130,13 @@ def _sod_boot():
         sys.stderr.flush()
         raise SystemExit(status)
 
-    import json, time
+    import json, time, hmac
     request_fd, response_fd = cfg["ctrl"]
     cpu = cfg["cpu_per_call"]
+    # Status lines carry the cell number and an HMAC under a per-worker key, so that a line the
+    # model's code writes to this pipe (which it can reach) is told apart and rejected.
+    key = os.read(cfg["key_fd"], 64)
+    os.close(cfg["key_fd"])
 
     def read_exact(n):
         data = b""
@@ -181,7 +188,9 @@ def _sod_boot():
                     if time.monotonic() > end or not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]:
                         break
                     time.sleep(0.001)
-        os.write(response_fd, (json.dumps({"status": status}) + "\n").encode())
+        body = f"{request['cell']} {status}"
+        mac = hmac.new(key, body.encode(), "sha256").hexdigest()
+        os.write(response_fd, f"{body} {mac}\n".encode())
 
 _sod_boot()
 '''

@@ -20,27 +20,45 @@ class SandboxConfig:
         "where it was stuck), and the whole process tree gets SIGKILL kill_grace_s later.")})
     max_output_bytes: int = field(default=1 << 20, metadata={"help": (
         "Bytes of stdout and of stderr kept per call (head and tail halves); the rest is read and dropped.")})
-    memory_mb: int = field(default=1024, metadata={"help": "Address-space limit (RLIMIT_AS) of each process, MiB."})
+    memory_mb: int = field(default=1024, metadata={"help": (
+        "Memory of the whole sandbox, MiB: a cgroup limit on all its processes and its /tmp together (when the "
+        "machine allows cgroups, see `cgroup`), and the address-space limit (RLIMIT_AS) of each process.")})
     cpu_time_s: float | None = field(default=None, metadata={"help": (
         "CPU-time limit (RLIMIT_CPU), seconds; default ceil(timeout_s) + 1. Persistent workers re-arm it per call.")})
     max_processes: int = field(default=64, metadata={"help": (
-        "Processes and threads one sandbox may run at once (RLIMIT_NPROC, counted per sandbox).")})
+        "Processes and threads one sandbox may run at once (cgroup pids.max, and RLIMIT_NPROC counted per sandbox).")})
+    workdir_mb: int = field(default=256, metadata={"help": (
+        "Size of the sandbox's private /tmp (its working directory, a tmpfs), MiB; with namespaces only.")})
     max_file_size_mb: int = field(default=64, metadata={"help": "Largest file the code may write (RLIMIT_FSIZE), MiB."})
     max_open_files: int = field(default=256, metadata={"help": "Open file descriptors per process (RLIMIT_NOFILE)."})
     isolation: str = field(default="auto", metadata={"help": (
-        "'auto': bubblewrap namespaces when they work, else rlimits only with a loud warning; 'bwrap': namespaces "
-        "or an error; 'rlimits': no namespaces (not safe for untrusted code)."),
+        "'auto': bubblewrap namespaces when they work; rlimits only, with a loud warning, when the machine "
+        "cannot give namespaces (bwrap missing or namespaces refused; any other failure is an error); 'bwrap': "
+        "namespaces or an error; 'rlimits': no namespaces (not safe for untrusted code)."),
         "choices": ["auto", "bwrap", "rlimits"]})
     python_executable: str | None = field(default=None, metadata={"help": (
-        "Interpreter run inside the sandbox; default: the trainer's own, so its numpy and sympy are importable.")})
+        "Interpreter run inside the sandbox; default: the trainer's own, so its numpy and sympy are importable. "
+        "Made absolute (a bare name is looked up on PATH) before anything else.")})
+    readonly_paths: tuple[str, ...] = field(default=(), metadata={"help": (
+        "Host paths made visible read-only inside the sandbox, at the same place (e.g. a code benchmark's data "
+        "directory). Nothing else of the host is visible besides the system directories and the interpreter.")})
     hidden_paths: tuple[str, ...] = field(default=(), metadata={"help": (
-        "Directories hidden behind an empty tmpfs inside the sandbox, besides the trainer's home directory.")})
+        "Directories hidden behind an empty tmpfs inside the sandbox (only useful within what is visible: "
+        "the interpreter's directories and readonly_paths).")})
+    seccomp: str = field(default="auto", metadata={"help": (
+        "The syscall filter (with namespaces): 'auto' on when libseccomp works, else a warning; 'require': an "
+        "error without it; 'off'."), "choices": ["auto", "require", "off"]})
+    cgroup: str = field(default="auto", metadata={"help": (
+        "Per-sandbox memory and process limits through a cgroup: 'auto' when the machine allows it (else rlimits "
+        "only, with a warning); 'require': an error without it; 'off': rlimits only."),
+        "choices": ["auto", "require", "off"]})
     env: dict[str, str] = field(default_factory=dict, metadata={"help": (
         "Extra environment variables set inside the sandbox (nothing of the trainer's environment leaks).")})
     kill_grace_s: float = field(default=0.5, metadata={"help": (
         "Seconds between the in-process TimeoutError and SIGKILL of the whole process tree.")})
     temp_root: str | None = field(default=None, metadata={"help": (
-        "Where the per-call temporary directories are created; default: the system temp dir.")})
+        "Where the per-call working directories are created when there are no namespaces (isolation 'rlimits'); "
+        "default: the system temp dir. Leftovers of a trainer that crashed are removed at the next start.")})
     sandbox_uid_base: int = field(default=2_000_000_000, metadata={"help": (
         "As root, each live sandbox runs as uid base + (pid % 65536) * 1024 + slot: unprivileged and unique.")})
 

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import selectors
-import shutil
+import secrets
 import signal
 import subprocess
 import tempfile
@@ -16,6 +16,8 @@ from typing import Any
 
 from ._bootstrap import _BOOTSTRAP
 from ._config import TRUNCATION_MARKER, SandboxConfig
+from ._cgroup import CallGroup
+from ._cleanup import WORKDIR_PREFIX, owner_tag, remove_tree
 from ._isolation import _Plan
 from ._spawn import _memfd, _pidfd_open, _spawner, _uid_pool
 
@@ -94,6 +96,9 @@ class _SandboxProcess:
         self.request_fd: int | None = None
         self.response_fd: int | None = None
         self.response = b""
+        self.key = b""  # persistent mode: authenticates the worker's status lines (see persistent.py)
+        self.group: CallGroup | None = None
+        self.memory_exceeded = False  # the cgroup's OOM killer fired: the whole sandbox was killed
         self.closed = False
         self.killed = False
         to_close: list[int] = []
@@ -128,18 +133,24 @@ class _SandboxProcess:
         timeout = config.timeout_s if timeout_s is None else timeout_s
         if plan.drop_uid:
             self.uid = _uid_pool.acquire(config.sandbox_uid_base)
-        self.workdir = tempfile.mkdtemp(prefix="sod_sandbox_", dir=config.temp_root)
-        if self.uid is not None:
-            os.chown(self.workdir, self.uid, self.uid)
-        os.chmod(self.workdir, 0o700)
+        if not plan.namespaces:  # with namespaces /tmp is a tmpfs of the sandbox's own: nothing on the host
+            self.workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{owner_tag()}_", dir=config.temp_root)
+            if self.uid is not None:
+                os.chown(self.workdir, self.uid, self.uid)
+            os.chmod(self.workdir, 0o700)
         cpu = config.resolved_cpu_time_s()
+        pass_fds: list[int] = []
+        cgroup_fds: list[int] = []
+        if plan.cgroup.available:
+            self.group = CallGroup(plan.cgroup, int(config.memory_mb) << 20, int(config.max_processes))
+            cgroup_fds = list(self.group.procs_fds)
+            pass_fds += cgroup_fds
         boot: dict[str, Any] = {
             "mode": self.mode, "uid": self.uid, "timeout": timeout, "show_last": show_last,
             "no_new_privs": not plan.namespaces, "limits": self._limits(cpu),
             "kill_strays": plan.namespaces or plan.drop_uid, "own_pid_namespace": plan.namespaces,
-            "parent": os.getpid(), "path": list(plan.site_paths),
+            "parent": os.getpid(), "path": list(plan.site_paths), "cgroup_fds": cgroup_fds,
         }
-        pass_fds: list[int] = []
         if self.mode == "oneshot":
             code_fd = _memfd((code or "").encode("utf-8", "surrogatepass"), "sod_code")
             to_close.append(code_fd)
@@ -148,9 +159,12 @@ class _SandboxProcess:
         else:
             request_r, self.request_fd = os.pipe()
             self.response_fd, response_w = os.pipe()
-            to_close += [request_r, response_w]
-            pass_fds += [request_r, response_w]
+            self.key = secrets.token_bytes(32)
+            key_fd = _memfd(self.key, "sod_key")
+            to_close += [request_r, response_w, key_fd]
+            pass_fds += [request_r, response_w, key_fd]
             boot["ctrl"] = [request_r, response_w]
+            boot["key_fd"] = key_fd
             boot["cpu_per_call"] = cpu
             boot["limits"]["RLIMIT_CPU"] = (cpu, cpu * 32)
         if stdin is None:
@@ -172,17 +186,32 @@ class _SandboxProcess:
             self.info_fd = info_r
             to_close.append(info_w)
             pass_fds.append(info_w)
-            argv = [*plan.bwrap_prefix, "--bind", self.workdir, "/tmp", "--chdir", "/tmp", "--clearenv"]
+            argv = [*plan.bwrap_prefix, "--perms", "1777", "--size", str(int(config.workdir_mb) << 20),
+                    "--tmpfs", "/tmp"]
+            made: set[str] = {"/tmp"}
             for path in plan.tmp_binds:  # an interpreter (venv) living under /tmp stays visible, read-only
-                mount_point = os.path.join(self.workdir, os.path.relpath(path, "/tmp"))
-                os.makedirs(mount_point, mode=0o755, exist_ok=True)
-                current = mount_point
-                while current != self.workdir:
-                    os.chmod(current, 0o755)
+                parents = []
+                current = os.path.dirname(path)
+                while current not in made and current != "/":
+                    parents.append(current)
                     current = os.path.dirname(current)
+                for directory in reversed(parents):
+                    made.add(directory)
+                    argv += ["--perms", "0755", "--dir", directory]
                 argv += ["--ro-bind", path, path]
+            for path, content in plan.etc_files:
+                etc_fd = _memfd(content, "sod_etc")
+                to_close.append(etc_fd)
+                pass_fds.append(etc_fd)
+                argv += ["--perms", "0644", "--file", str(etc_fd), path]
+            argv += ["--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
             for key, value in inner_env.items():
                 argv += ["--setenv", key, value]
+            if plan.seccomp is not None:
+                seccomp_fd = _memfd(plan.seccomp, "sod_seccomp")
+                to_close.append(seccomp_fd)
+                pass_fds.append(seccomp_fd)
+                argv += ["--seccomp", str(seccomp_fd)]
             argv += ["--info-fd", str(info_w), "--", *python_argv]
             env = {"PATH": "/usr/bin:/bin"}
             cwd = "/"
@@ -194,6 +223,8 @@ class _SandboxProcess:
             argv, stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
             pass_fds=pass_fds, close_fds=True, start_new_session=True,
         )
+        if self.group is not None:
+            self.group.close_procs_fds()
         self.exit_pidfd = _pidfd_open(self.popen.pid)
         for stream in (self.popen.stdout, self.popen.stderr):
             os.set_blocking(stream.fileno(), False)
@@ -215,6 +246,8 @@ class _SandboxProcess:
             selector.register(self.exit_pidfd, selectors.EVENT_READ, "exit")
         if until_response and self.response_fd is not None:
             selector.register(self.response_fd, selectors.EVENT_READ, "response")
+        if self.group is not None and self.group.oom_fd is not None and not self.memory_exceeded:
+            selector.register(self.group.oom_fd, selectors.EVENT_READ, "oom")
         open_streams = set(streams)
         try:
             while True:
@@ -247,6 +280,9 @@ class _SandboxProcess:
                             selector.unregister(fd)
                     elif key.data == "exit":
                         selector.unregister(fd)
+                    elif key.data == "oom":
+                        selector.unregister(fd)
+                        self._on_oom()
         finally:
             selector.close()
 
@@ -301,6 +337,26 @@ class _SandboxProcess:
             self.info_fd = None
 
     # -- killing and cleaning up -----------------------------------------------------------------
+    def _on_oom(self) -> None:
+        """The group hit memory_mb and the kernel killed one of its processes: kill the rest (cgroup v1;
+        v2's memory.oom.group does it in the kernel)."""
+        self.memory_exceeded = True
+        if self.plan.namespaces:
+            self._await_info()
+            self._kill_namespace()
+        elif self.popen is not None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._sweep()
+
+    def check_memory(self) -> bool:
+        """Whether the sandbox was killed for exceeding its memory limit (the cgroup's OOM count)."""
+        if not self.memory_exceeded and self.group is not None and self.group.oom_kills() > 0:
+            self.memory_exceeded = True
+        return self.memory_exceeded
+
     def _await_info(self, timeout_s: float = 1.0) -> None:
         """The pid of the namespace's init arrives on the info fd right after the namespace exists."""
         end = time.monotonic() + timeout_s
@@ -383,33 +439,42 @@ class _SandboxProcess:
                            env={"PATH": "/usr/bin:/bin"}, cwd="/", check=False)
 
     def close(self) -> None:
+        """Kill what is left, then release everything; each step runs even if an earlier one failed,
+        and the uid slot is released last, whatever happened (a lost slot would block later calls)."""
         if self.closed:
             return
         self.closed = True
-        if self.popen is not None:
-            if self.popen.poll() is None:
-                self.kill()
-            else:
-                self._kill_namespace()  # a no-op unless something outlived the main process
-                self.await_namespace_exit()
-                self._sweep()
-            for stream in (self.popen.stdout, self.popen.stderr):
-                if stream is not None:
-                    stream.close()
-        for name in ("ns_init_pidfd", "exit_pidfd", "info_fd", "request_fd", "response_fd"):
-            fd = getattr(self, name)
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-                setattr(self, name, None)
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-        if self.uid is not None:
-            _uid_pool.release(self.uid, self.config.sandbox_uid_base)
-            self.uid = None
+        try:
+            if self.popen is not None:
+                if self.popen.poll() is None:
+                    self.kill()
+                else:
+                    self._kill_namespace()  # a no-op unless something outlived the main process
+                    self.await_namespace_exit()
+                    self._sweep()
+                for stream in (self.popen.stdout, self.popen.stderr):
+                    if stream is not None:
+                        stream.close()
+        finally:
+            for name in ("ns_init_pidfd", "exit_pidfd", "info_fd", "request_fd", "response_fd"):
+                fd = getattr(self, name)
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                    setattr(self, name, None)
+            try:
+                if self.group is not None:
+                    self.check_memory()
+                    self.group.remove()  # never raises
+                if self.workdir is not None:
+                    remove_tree(self.workdir)  # never raises: failures are logged and counted
+                    self.workdir = None
+            finally:
+                if self.uid is not None:
+                    _uid_pool.release(self.uid, self.config.sandbox_uid_base)
+                    self.uid = None
 
     def exit_status(self) -> tuple[int | None, str | None]:
         """(exit code, signal name) of the interpreter; bwrap reports a signal death as 128 + n."""

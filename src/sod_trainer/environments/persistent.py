@@ -14,7 +14,9 @@ the CPU-time limit is re-armed per call (and capped at 32 calls' worth over the 
 
 from __future__ import annotations
 
+import hmac
 import json
+import logging
 import os
 import selectors
 import threading
@@ -23,6 +25,7 @@ import weakref
 
 from .sandbox import (
     _TIMEOUT_EXIT_CODE,
+    _memory_note,
     ExecutionResult,
     SandboxConfig,
     _HeadTailBuffer,
@@ -31,6 +34,41 @@ from .sandbox import (
 )
 
 __all__ = ["PersistentPythonSession"]
+
+logger = logging.getLogger("sod_trainer.environments.sandbox")
+FORGED_NOTE = ("SandboxError: the code wrote to the sandbox's control channel (a forged status line); "
+               "the interpreter was restarted")
+
+
+class _Count:
+    """Process-wide count of forged or garbled control lines (``int(control_channel_violations)``)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+    def __int__(self) -> int:
+        return self.value
+
+
+control_channel_violations = _Count()
+
+
+def _verify(line: bytes, key: bytes, cell: int) -> int | None:
+    """The status of cell ``cell`` if ``line`` is the worker's own, authenticated answer to it, else None."""
+    try:
+        body, mac = line.decode("ascii").rsplit(" ", 1)
+        number, status = body.split(" ")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    expected = hmac.new(key, body.encode(), "sha256").hexdigest()
+    if not hmac.compare_digest(expected, mac) or number != str(cell):
+        return None
+    return int(status)
 
 
 def _close_process(process: _SandboxProcess) -> None:
@@ -47,6 +85,7 @@ class PersistentPythonSession:
         self._lock = threading.Lock()
         self.calls = 0
         self.workers_started = 0
+        self.control_violations = 0
 
     @property
     def isolation(self) -> str:
@@ -108,18 +147,28 @@ class PersistentPythonSession:
         streams = {process.popen.stdout.fileno(): _HeadTailBuffer(0), process.popen.stderr.fileno(): _HeadTailBuffer(0)}
         process._drain(streams, set(streams))
         process.response = b""
-        payload = json.dumps({"code": code, "timeout": timeout, "show_last": show_last}).encode()
+        cell = self.calls
+        payload = json.dumps({"code": code, "timeout": timeout, "show_last": show_last, "cell": cell}).encode()
         sent = self._send(process, len(payload).to_bytes(4, "big") + payload, deadline)
         outcome = process.collect(deadline, stdout, stderr, until_response=True) if sent else "exited"
         exit_code: int | None
         signal_name = None
         state_reset = False
+        forged = False
         if outcome == "response":
-            line = process.response.split(b"\n", 1)[0]
-            try:
-                exit_code = int(json.loads(line)["status"])
-            except (ValueError, KeyError, TypeError):
-                exit_code, state_reset = 1, True  # the code garbled the control channel: start over
+            line, _, rest = process.response.partition(b"\n")
+            status = _verify(line, process.key, cell)
+            if status is None or rest:
+                # Not the worker's answer to this cell (or more than one line): the code wrote to the
+                # control channel. Contained: this call is an error, the worker (and its state) is gone.
+                forged, exit_code, state_reset = True, 1, True
+                self.control_violations += 1
+                control_channel_violations.add()
+                logger.warning("persistent sandbox: rejected a forged control line %r", line[:100])
+                process.kill()
+                stderr.feed(("\n" if stderr.total else "").encode() + FORGED_NOTE.encode() + b"\n")
+            else:
+                exit_code = status
         elif outcome == "deadline":
             process.kill()
             exit_code, state_reset = None, True
@@ -129,6 +178,9 @@ class PersistentPythonSession:
             exit_code, signal_name = process.exit_status()
             state_reset = True
         plan = process.plan
+        memory_exceeded = process.check_memory()
+        if memory_exceeded:
+            stderr.feed(_memory_note(config).encode())
         if state_reset:
             self._stop()
         return ExecutionResult(
@@ -138,7 +190,8 @@ class PersistentPythonSession:
             output_truncated=stdout.truncated or stderr.truncated,
             isolation=plan.level, signal=signal_name, state_reset=state_reset,
             metadata={**plan.describe(), "persistent": True, "output_bytes": stdout.total + stderr.total,
-                      "killed_at_deadline": outcome == "deadline", "workers_started": self.workers_started},
+                      "killed_at_deadline": outcome == "deadline", "workers_started": self.workers_started,
+                      "control_channel_forged": forged, "memory_exceeded": memory_exceeded},
         )
 
     @staticmethod
