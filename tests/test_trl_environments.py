@@ -507,3 +507,11 @@ def test_an_environment_that_owns_the_data_trains_without_a_dataset(qwen3, tmp_p
         make_trainer(qwen3, tmp_path, None, scripts, environment_factory={"a": ProceduralEnv})
     with pytest.raises(ValueError, match="set max_steps"):
         make_trainer(qwen3, tmp_path, None, scripts, environment_factory=ProceduralEnv, config=dict(max_steps=-1))
+
+
+def test_code_interpreter_settings_with_function_tools_are_named_in_a_warning(qwen3, tmp_path, caplog):
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "q"}], "target": 1}])
+    with caplog.at_level("WARNING", logger="sod_trainer.trainer"):
+        make_trainer(qwen3, tmp_path, dataset, {}, environment_factory=IncrementEnv,
+                     config=dict(per_device_train_batch_size=2, max_tool_response_chars=64))
+    assert "max_tool_response_chars=64 only configures the built-in code interpreter" in caplog.text

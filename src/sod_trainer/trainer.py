@@ -44,6 +44,21 @@ def _identity(rows):
     return rows
 
 
+_INTERPRETER_FIELDS = ("tool_call_format", "tool_response_template", "max_tool_response_chars", "tool_timeout",
+                       "tool_persistent", "tool_memory_mb", "tool_max_processes", "tool_isolation")
+
+
+def _warn_interpreter_fields(args) -> None:
+    """The built-in code interpreter's settings do nothing for TRL-style function tools: say so when one is set."""
+    defaults = SODConfig.__dataclass_fields__
+    changed = [f"{name}={getattr(args, name)!r}" for name in _INTERPRETER_FIELDS
+               if getattr(args, name) != defaults[name].default]
+    if changed:
+        logger.warning("%s only configure%s the built-in code interpreter; TRL-style environments and tools=[...] "
+                       "call functions (their results are shown in full, as in TRL). Drop %s.", ", ".join(changed),
+                       "s" if len(changed) == 1 else "", "it" if len(changed) == 1 else "them")
+
+
 def _placeholder_dataset(function_tools, args):
     """As TRL: without a train_dataset, an environment whose ``reset`` returns the prompt drives the run; one rollout
     batch's worth of empty prompts, cycled for ``max_steps``."""
@@ -190,6 +205,8 @@ class SODTrainer(Trainer):
                 "not supported yet: the cross-tokenizer teacher re-renders each turn's observation as one tool "
                 "response without the function schemas, so it would score a different context. Use a teacher with "
                 "the student's tokenizer, or the code-interpreter environment.")
+        if function_tools is not None:
+            _warn_interpreter_fields(args)
         reward_weights = list(args.reward_weights or [1.0] * len(reward_funcs))
         if function_tools is not None:
             reward_funcs += function_tools.reward_funcs

@@ -216,6 +216,7 @@ class FunctionToolEnvironment(TurnEnvironment):
         self.environment = None
         self.name: str | None = None
         self.tools = list(tools.environment_tools.get(None, tools.standalone_tools))
+        self._busy = False
 
     def reset(self, **row: Any) -> str | None:
         setup = self.tools_setup
@@ -233,6 +234,12 @@ class FunctionToolEnvironment(TurnEnvironment):
                 "environment_prompt": bool(self.tools_setup.factories)}
 
     def step(self, turn: TurnInput) -> ToolResult:
+        self._busy = True
+        result = self._step(turn)
+        self._busy = False  # left True when a call raised past us or hung: close() then drops the instance
+        return result
+
+    def _step(self, turn: TurnInput) -> ToolResult:
         from trl.chat_template_utils import parse_response
 
         message = parse_response(self.tools_setup.tokenizer, turn.token_ids, prefix=turn.context_ids,
@@ -271,9 +278,9 @@ class FunctionToolEnvironment(TurnEnvironment):
     def close(self) -> None:
         """Not the user's ``close`` (TRL never calls one; a public ``close`` is a tool): the instance goes back to
         the pool, to be reset for a later rollout."""
-        if self.environment is not None:
+        if self.environment is not None and not self._busy:  # a hung call may still use it: never reuse that
             self.tools_setup.release(self.name, self.environment)
-            self.environment = None
+        self.environment = None
 
 
 def _run_coroutine(coroutine) -> Any:
