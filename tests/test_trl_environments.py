@@ -515,3 +515,11 @@ def test_code_interpreter_settings_with_function_tools_are_named_in_a_warning(qw
         make_trainer(qwen3, tmp_path, dataset, {}, environment_factory=IncrementEnv,
                      config=dict(per_device_train_batch_size=2, max_tool_response_chars=64))
     assert "max_tool_response_chars=64 only configures the built-in code interpreter" in caplog.text
+
+
+def test_standalone_evaluation_refuses_a_trl_environment_and_names_the_way_that_works(qwen3):
+    from sod_trainer.evaluation import evaluate
+
+    rows = [{"prompt": [{"role": "user", "content": "q"}], "answer": "1", "target": 1}]
+    with pytest.raises(ValueError, match=r"TRL-style environment .*SODTrainer\(.*\)\.evaluate\(\)"):
+        evaluate(None, qwen3, rows, backend=ScriptedBackend(qwen3, {}), environment_factory=IncrementEnv)

@@ -28,7 +28,8 @@ from ..rollout.adapters import TurnEnvironment, TurnInput
 from ..rollout.glue import ToolMessagesGlue
 from .base import ToolEnvironment, ToolResult
 
-__all__ = ["FunctionTools", "FunctionToolEnvironment", "is_text_tool_environment", "resolve_environment_factory"]
+__all__ = ["FunctionTools", "FunctionToolEnvironment", "is_text_tool_environment", "resolve_environment_factory",
+           "uses_function_tools"]
 
 _RESERVED = ("reset", "get_reward")
 
@@ -312,6 +313,25 @@ def _environment_reward(environment_type: type) -> Callable:
 
     get_reward.__name__ = get_reward.__qualname__ = environment_type.__name__
     return get_reward
+
+
+def uses_function_tools(environment_factory: Any) -> bool:
+    """Whether ``environment_factory`` is TRL's kind (a dict, or a factory of objects that are not code interpreters);
+    a plain callable is called once to look at what it builds."""
+    if environment_factory is None:
+        return False
+    if isinstance(environment_factory, dict):
+        return True
+    declared = _declared_class(environment_factory)
+    if declared is not None:
+        return not is_text_tool_environment(declared)
+    probe = environment_factory()
+    if is_text_tool_environment(probe):
+        close = getattr(probe, "close", None)
+        if close is not None:
+            close()
+        return False
+    return True
 
 
 def resolve_environment_factory(environment_factory, tools, tokenizer, chat_template_kwargs=None):

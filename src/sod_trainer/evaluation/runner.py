@@ -203,6 +203,13 @@ def evaluate(
         backend = HFGenerationBackend(lambda: nullcontext(model), tokenizer, temperature=config.temperature,
                                       top_p=config.top_p, top_k=config.top_k, eos_token_ids=extra_eos,
                                       batch_size=config.generation_batch_size)
+    from ..environments.function_tools import uses_function_tools
+
+    if uses_function_tools(environment_factory):
+        raise ValueError(
+            f"evaluate() runs code-interpreter environments (step(turn_text)); {environment_factory!r} is a "
+            "TRL-style environment (function tools through the chat template). Evaluate it with "
+            "SODTrainer(..., environment_factory=..., eval_dataset=...).evaluate(), which rolls it out as in training.")
     if environment_factory is None:
         sandbox = PythonSandbox(SandboxConfig(
             timeout_s=config.tool_timeout, memory_mb=config.tool_memory_mb, max_processes=config.tool_max_processes,
