@@ -14,12 +14,15 @@ in the YAML (num_processes, accelerate_config, ...) are only read by `sod train`
 pass them to accelerate itself, as above.
 """
 
+import sys
+
 from trl import get_peft_config
 
 from sod_trainer import SODTrainer
 from sod_trainer.scripts.train import (
     build_environment_factory,
     build_reward_funcs,
+    config_path,
     load_datasets,
     load_models,
     make_parser,
@@ -52,11 +55,12 @@ def main():
         environment_factory=build_environment_factory(script_args),  # None: the built-in Python tool
         peft_config=get_peft_config(model_args),  # LoRA when use_peft: true
     )
+    trainer.recipe_file = config_path(sys.argv[1:])  # copied next to the model card, which links to it
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         if script_args.save_final_model:
             trainer.save_model(training_args.output_dir)
-        if training_args.push_to_hub:
+        if training_args.push_to_hub:  # the model, its card (tags trl and sod, the SOD citation) and the recipe
             trainer.push_to_hub(dataset_name=script_args.dataset_name)
     finally:
         trainer.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import TrainingArguments
 
 from sod_trainer import cli
 from sod_trainer.config import SODConfig
@@ -170,7 +171,7 @@ def test_launcher_keys_go_to_accelerate_launch_and_flags_override_the_yaml(tmp_p
             "--accelerate_config", "zero2", "--mixed_precision=bf16", "--learning_rate", "3e-5"]
     assert cli.main(argv) == 0
     (command, env), = recorder.calls
-    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[:3] == [sys.executable, "-m", cli.LAUNCHER_MODULE]  # accelerate launch, minus its traceback
     script = cli.training_script_path()
     split = command.index(script)
     launch, script_argv = command[3:split], command[split + 1:]
@@ -209,7 +210,7 @@ def test_launcher_none_trains_in_this_process(monkeypatch):
     from sod_trainer.scripts import train
 
     seen = {}
-    monkeypatch.setattr(train, "main", lambda s, t, m, l: seen.update(steps=t.max_steps, launcher=l.launcher))
+    monkeypatch.setattr(train, "main", lambda s, t, m, l, **kw: seen.update(steps=t.max_steps, launcher=l.launcher))
     monkeypatch.setattr(cli.subprocess, "run", lambda *a, **k: pytest.fail("must not launch a subprocess"))
     assert cli.main(["train", "--config", str(TOY), "--launcher", "none", "--max_steps", "3"]) == 0
     assert seen == {"steps": 3, "launcher": "none"}
@@ -218,7 +219,12 @@ def test_launcher_none_trains_in_this_process(monkeypatch):
 def test_unknown_key_and_bad_value_fail_before_launching(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli.subprocess, "run", lambda *a, **k: pytest.fail("must not launch"))
     assert cli.main(["train", "--config", str(_write_recipe(tmp_path, step_wieghting="sod"))]) == 2
-    assert "step_wieghting" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'step_wieghting'" in err and "Did you mean 'step_weighting'?" in err
+    assert "dataclass" not in err  # before: "... add them to the dataclass, or set `fail_with_unknown_args=False`"
+    assert cli.main(["train", "--config", str(TOY), "--num_genrations", "4"]) == 2  # a misspelt flag, too
+    err = capsys.readouterr().err
+    assert "'num_genrations'" in err and "Did you mean 'num_generations'" in err and "dataclass" not in err
     assert cli.main(["train", "--config", str(_write_recipe(tmp_path, accelerate_config="nope"))]) == 2
     assert "accelerate_config='nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse rejects a value outside the field's choices
@@ -234,7 +240,7 @@ def test_train_help_lists_every_field_with_its_help(capsys):
     assert not missing
     for cls in (SODConfig, SODScriptArguments, LaunchArguments):
         for f in dataclasses.fields(cls):
-            if f.name in {g.name for g in dataclasses.fields(SODConfig.__mro__[1])} and cls is SODConfig:
+            if f.name in {g.name for g in dataclasses.fields(TrainingArguments)} and cls is SODConfig:
                 continue  # TrainingArguments' own help texts, reformatted by argparse
             help_text = f.metadata.get("help")
             if help_text:
@@ -307,7 +313,7 @@ def test_toy_recipe_trains_through_sod_train_end_to_end(tmp_path):
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=540)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    assert "accelerate.commands.launch" in log  # it went through the launcher
+    assert "sod train: accelerate launch" in log  # it went through the launcher
     assert "'loss'" in log and "'divergence/step_1'" in log  # SOD metrics were logged for the steps
     assert "Training completed." in log
     assert (output / "config.json").is_file() and any(output.glob("*.safetensors"))
@@ -344,3 +350,68 @@ def test_local_models_and_data_with_lora_in_process(tmp_path, tokenizer):
     assert type(trainer.model).__name__.startswith("Peft")
     assert trainer.args.model_init_kwargs["dtype"] == "float32"  # filled from ModelConfig
     assert (tmp_path / "out" / "adapter_config.json").is_file()  # LoRA saves adapters
+
+
+# ------------------------------------------------------------------------------------- a failing run
+
+
+def test_failing_training_ends_with_the_child_error_and_exit_code(monkeypatch, capsys):
+    """Before: accelerate's CalledProcessError traceback was the last thing printed, not the training error."""
+    from sod_trainer.scripts.train import ERROR_FILE_VARIABLE
+
+    def failing_launch(command, env):
+        with open(env[ERROR_FILE_VARIABLE], "a") as handle:  # what run_as_script records in the child
+            handle.write("0\tFileNotFoundError: Could not load the dataset 'nope.jsonl'\n")
+        return types.SimpleNamespace(returncode=3)
+
+    monkeypatch.setattr(cli.subprocess, "run", failing_launch)
+    assert cli.main(["train", "--config", str(TOY)]) == 3
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("sod train: error: training failed with exit code 3: FileNotFoundError: Could not load the "
+                    "dataset 'nope.jsonl'")
+
+
+def test_the_training_script_records_its_error_and_exits_1(tmp_path, monkeypatch, capsys):
+    from sod_trainer.scripts import train
+
+    error_file = tmp_path / "error.txt"
+    monkeypatch.setenv(train.ERROR_FILE_VARIABLE, str(error_file))
+    monkeypatch.setattr(train, "main", lambda *args, **kwargs: (_ for _ in ()).throw(ValueError("bad\nthing")))
+    assert train.run_as_script(["--config", str(TOY)]) == 1
+    assert error_file.read_text() == "0\tValueError: bad thing\n"
+    assert "Traceback" in capsys.readouterr().err  # the child still prints its traceback
+
+
+def test_launcher_turns_launch_failures_into_the_child_exit_code(monkeypatch):
+    import accelerate.commands.launch as accelerate_launch
+
+    from sod_trainer.scripts import launch
+
+    def fail(args):
+        raise subprocess.CalledProcessError(returncode=7, cmd=["python", "train.py"])
+
+    monkeypatch.setattr(accelerate_launch, "launch_command", fail)
+    assert launch.main(["--num_processes", "1", "train.py"]) == 7
+    failure = types.SimpleNamespace(failures={1: types.SimpleNamespace(exitcode=9), 0: types.SimpleNamespace(exitcode=4)})
+    assert launch.child_exit_code(failure) == 4  # torchrun's ChildFailedError: the first rank's code
+
+
+def test_launcher_none_failure_ends_with_the_error(monkeypatch, capsys):
+    from sod_trainer.scripts import train
+
+    monkeypatch.setattr(train, "main", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("teacher OOM")))
+    assert cli.main(["train", "--config", str(TOY), "--launcher", "none"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sod train: error: training failed: RuntimeError: teacher OOM"
+
+
+@pytest.mark.slow
+def test_failing_sod_train_end_to_end_prints_no_launcher_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "sod_trainer.cli", "train", "--config", str(TOY), "--dataset_name",
+               str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "CalledProcessError" not in result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sod train: error: training failed with exit code 1: FileNotFoundError: Could not load")

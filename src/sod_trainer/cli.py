@@ -87,8 +87,12 @@ def _default_accelerate_config_exists() -> bool:
     return os.path.isfile(default_config_file)
 
 
+LAUNCHER_MODULE = "sod_trainer.scripts.launch"  # accelerate launch, minus its traceback when training fails
+
+
 def build_launch_command(launch_args, script_argv: list[str], training_args=None) -> list[str]:
-    """``python -m accelerate.commands.launch <launch args> <training script> <script argv>``.
+    """``python -m sod_trainer.scripts.launch <launch args> <training script> <script argv>``: ``accelerate
+    launch`` (see :mod:`sod_trainer.scripts.launch`).
 
     Without an accelerate config (neither ``accelerate_config`` nor one saved by ``accelerate config``),
     the values accelerate would otherwise guess with a warning are filled in: one machine, no dynamo,
@@ -103,11 +107,11 @@ def build_launch_command(launch_args, script_argv: list[str], training_args=None
         for flag, value in defaults.items():
             if flag not in args:
                 args += [flag, value]
-    return [sys.executable, "-m", "accelerate.commands.launch", *args, training_script_path(), *script_argv]
+    return [sys.executable, "-m", LAUNCHER_MODULE, *args, training_script_path(), *script_argv]
 
 
 def _train(argv: list[str]) -> int:
-    from .scripts.train import launcher_field_names, main, make_parser
+    from .scripts.train import config_path, launcher_field_names, main, make_parser
 
     parser = make_parser(prog="sod train")
     # Parses the YAML and the flags (and exits with the full help on -h); exports the `env:` block.
@@ -117,7 +121,14 @@ def _train(argv: list[str]) -> int:
         print(f"sod train: error: {error}", file=sys.stderr)
         return 2
     if launch_args.launcher == "none":
-        main(script_args, training_args, model_args, launch_args)
+        try:
+            main(script_args, training_args, model_args, launch_args, recipe_file=config_path(list(argv)))
+        except Exception as error:
+            import traceback
+
+            traceback.print_exc()
+            print(f"sod train: error: training failed: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
         return 0
     # Every process re-reads the recipe; the launcher's own flags stay here.
     _, script_argv = split_launcher_flags(list(argv), launcher_field_names())
@@ -126,8 +137,34 @@ def _train(argv: list[str]) -> int:
     except ValueError as error:
         print(f"sod train: error: {error}", file=sys.stderr)
         return 2
-    print("sod train: " + " ".join(command[2:]), file=sys.stderr, flush=True)
-    return subprocess.run(command, env=os.environ.copy()).returncode
+    print("sod train: accelerate launch " + " ".join(command[3:]), file=sys.stderr, flush=True)
+    return _run_training(command)
+
+
+def _run_training(command: list[str]) -> int:
+    """Run the launcher; when training fails, end with the training process's error and exit code."""
+    import tempfile
+
+    from .scripts.train import ERROR_FILE_VARIABLE
+
+    with tempfile.TemporaryDirectory(prefix="sod-train-") as folder:
+        error_file = os.path.join(folder, "error.txt")
+        returncode = subprocess.run(command, env={**os.environ, ERROR_FILE_VARIABLE: error_file}).returncode
+        if returncode == 0:
+            return 0
+        errors = []
+        if os.path.exists(error_file):
+            with open(error_file, encoding="utf-8") as handle:
+                errors = sorted((line.rstrip("\n").split("\t", 1) for line in handle if "\t" in line),
+                                key=lambda item: int(item[0]) if item[0].isdigit() else 0)
+    if errors:
+        rank, message = errors[0]
+        where = f" (process {rank})" if len(errors) > 1 or rank != "0" else ""
+        print(f"sod train: error: training failed with exit code {returncode}{where}: {message}", file=sys.stderr)
+    else:
+        print(f"sod train: error: training failed with exit code {returncode} (the training process's output is "
+              "above).", file=sys.stderr)
+    return returncode
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,13 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .grpo_compat import (
+    GRPOUnsupportedArguments,
+    check_unsupported_fields,
+    resolve_activation_checkpointing,
+    resolve_bf16,
+    resolve_generation_batch,
+)
 from .objective import STEP_WEIGHTING_SCHEMES
 
 __all__ = ["SODConfig"]
@@ -16,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SODConfig(TrainingArguments):
+class SODConfig(GRPOUnsupportedArguments, TrainingArguments):
     r"""
     Configuration class for [`SODTrainer`].
 
@@ -62,6 +69,7 @@ class SODConfig(TrainingArguments):
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + [
         "model_init_kwargs", "teacher_model_init_kwargs", "generation_kwargs", "chat_template_kwargs",
+        "transformers_continuous_batching_config",
     ]
 
     # ----------------------------------------------------------------- overridden TrainingArguments defaults
@@ -69,6 +77,15 @@ class SODConfig(TrainingArguments):
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule (paper: constant)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
     logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    if "activation_checkpointing" not in TrainingArguments.__dataclass_fields__:  # transformers < 5.24
+        gradient_checkpointing: bool = field(
+            default=True, metadata={"help": "Recompute activations in the backward pass to save memory (TRL's "
+                                    "default: True)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. None (TRL's default): True unless fp16 is set, on an accelerator "
+                  "with bf16; False on a CPU (use_cpu, or no bf16-capable GPU)."},
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep extra dataset columns: they reach the reward functions and environment."}
     )
@@ -268,14 +285,14 @@ class SODConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        resolve_bf16(self)  # before TrainingArguments checks bf16 against the hardware
+        resolve_activation_checkpointing(self)
         super().__post_init__()
-        if self.steps_per_generation is None:
-            self.steps_per_generation = self.gradient_accumulation_steps
+        check_unsupported_fields(self)
+        self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)  # as TRL
+        resolve_generation_batch(self)
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
-        per_process = self.per_device_train_batch_size * self.steps_per_generation
-        if self.generation_batch_size is None:
-            self.generation_batch_size = per_process * self.world_size
         self._check()
 
     def _check(self) -> None:

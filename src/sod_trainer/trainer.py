@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoTokenizer, PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from transformers.utils import is_peft_available
 
@@ -86,14 +86,19 @@ def _prompt_options(function_tools):
     return options
 
 
-def _load_model(name_or_path: str, init_kwargs: dict | None, trust_remote_code: bool, what: str) -> PreTrainedModel:
-    kwargs = dict(init_kwargs or {})
-    dtype = kwargs.get("dtype", kwargs.pop("torch_dtype", None))
-    if isinstance(dtype, str) and dtype != "auto":
-        kwargs["dtype"] = getattr(torch, dtype)
-    kwargs.setdefault("trust_remote_code", trust_remote_code)
+def _load_model(name_or_path: str, init_kwargs: dict | None, args: SODConfig, what: str) -> PreTrainedModel:
+    """Load a model named by a string as TRL's GRPOTrainer does (``trl``'s ``create_model_from_path``: the
+    architecture from the config, ``dtype`` as a string or ``torch.dtype``, ``device_map`` None under DDP/DeepSpeed)."""
+    from trl.trainer.utils import create_model_from_path
+
+    kwargs = dict(init_kwargs or {})  # a copy: args.model_init_kwargs stays as given
+    if "torch_dtype" in kwargs and "dtype" not in kwargs:  # the older transformers name
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
+    if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None  # as TRL: "auto" fails under distributed training
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        return create_model_from_path(name_or_path, **kwargs)
     except OSError as error:
         raise OSError(
             f"Could not load the {what} {name_or_path!r}: {error}. Pass a local path, or make sure the Hugging "
@@ -128,6 +133,7 @@ class SODTrainer(Trainer):
     """
 
     _tag_names = ["trl", "sod"]
+    recipe_file: str | None = None  # the YAML recipe of the run (set by `sod train`): copied next to the model card
     loss_is_scaled_for_ga = True  # compute_loss normalizes by the global token count itself
 
     def __init__(
@@ -153,15 +159,14 @@ class SODTrainer(Trainer):
         if not isinstance(args, SODConfig):
             raise TypeError(f"args must be an SODConfig, got {type(args).__name__}.")
         if isinstance(model, str):
-            model = _load_model(model, args.model_init_kwargs, args.trust_remote_code, "student")
+            model = _load_model(model, args.model_init_kwargs, args, "student")
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None and args.teacher_server_url is None and args.opd_coef != 0:
             raise ValueError("No teacher: pass teacher_model=..., or set teacher_model_name_or_path or "
                              "teacher_server_url in SODConfig (only opd_coef=0, plain GRPO, needs none).")
         if isinstance(teacher_model, str):
-            teacher_model = _load_model(teacher_model, args.teacher_model_init_kwargs, args.trust_remote_code,
-                                        "teacher")
+            teacher_model = _load_model(teacher_model, args.teacher_model_init_kwargs, args, "teacher")
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         if processing_class.pad_token is None:
@@ -180,6 +185,8 @@ class SODTrainer(Trainer):
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
+            if args.gradient_checkpointing:  # as TRL: checkpointed LoRA layers need inputs that require grads
+                model.enable_input_require_grads()
         if args.disable_dropout:
             from trl.trainer.utils import disable_dropout_in_model
 
@@ -321,7 +328,9 @@ class SODTrainer(Trainer):
         extra_eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
         extra_eos = [extra_eos] if isinstance(extra_eos, int) else list(extra_eos or [])
         return HFGenerationBackend(
-            lambda: unwrap_model_for_generation(self.model_wrapped, self.accelerator),
+            lambda: unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs),
             self.processing_class, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             min_p=args.min_p, repetition_penalty=args.repetition_penalty, generation_kwargs=args.generation_kwargs,
             eos_token_ids=extra_eos, gather_when_empty=self._generation_is_collective(),
@@ -541,7 +550,18 @@ class SODTrainer(Trainer):
     def _sod_state_path(self, folder: str) -> str:
         return os.path.join(folder, f"sod_state_{self.accelerator.process_index}.pt")
 
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """Write the model card (``README.md`` in ``output_dir``), with TRL's signature: tags ``trl`` and ``sod``,
+        the SOD paper's citation and the run's recipe (see :mod:`sod_trainer.model_card`)."""
+        from .model_card import write_model_card
+
+        write_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
+
     def _save_checkpoint(self, model, trial):
+        # as TRL's trainers: the model card is written with every checkpoint
+        self.create_model_card(model_name=(self.args.hub_model_id or os.path.basename(os.path.normpath(
+            self.args.output_dir))).split("/")[-1])
         # Trainer deletes old checkpoints (save_total_limit) at the end of its save; we do it only once this one
         # is marked complete, so a crash while saving never leaves no resumable checkpoint behind
         save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None

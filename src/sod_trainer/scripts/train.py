@@ -202,9 +202,50 @@ def resolve_accelerate_config(value: str) -> str:
                      f"{', '.join(known) or 'none found'}.")
 
 
-def make_parser(prog: str | None = None) -> TrlParser:
+class SODParser(TrlParser):
+    """TRL's parser (``--config recipe.yaml``, flags override it, ``env:`` exported) that names an unknown key or
+    flag with the closest known ones ("did you mean ...?") instead of TRL's generic message."""
+
+    def parse_args_and_config(self, args=None, return_remaining_strings: bool = False,
+                              fail_with_unknown_args: bool = True, separate_remaining_strings: bool = False):
+        """As ``TrlParser.parse_args_and_config``; unknown YAML keys and flags raise ``ValueError`` with hints."""
+        if return_remaining_strings or not fail_with_unknown_args:
+            return super().parse_args_and_config(args, return_remaining_strings, fail_with_unknown_args,
+                                                 separate_remaining_strings)
+        args = list(sys.argv[1:] if args is None else args)
+        config_path = args[args.index("--config") + 1] if "--config" in args[:-1] else None
+        *outputs, from_config, from_flags = super().parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True)
+        problems = [_unknown(name, self.known_names(), f"key in {config_path}")
+                    for name in from_config[::2]]  # TRL returns them as ["--key", "value", ...]
+        problems += [_unknown(token, self.known_names(), "flag") for token in from_flags if token.startswith("-")]
+        if not problems and from_flags:
+            problems.append(f"unexpected argument(s) {from_flags}: options are written --name value.")
+        if problems:
+            raise ValueError(" ".join(problems))
+        return tuple(outputs)
+
+    def known_names(self) -> list[str]:
+        """Every option name this parser accepts (without dashes), plus ``config``."""
+        names = {"config"}
+        for action in self._actions:
+            names.update(option.lstrip("-") for option in action.option_strings if option.startswith("--"))
+        return sorted(names)
+
+
+def _unknown(token: str, known: list[str], what: str) -> str:
+    """One "unknown ... did you mean ...?" sentence."""
+    import difflib
+
+    name = token.lstrip("-").split("=", 1)[0]
+    close = difflib.get_close_matches(name.replace("-", "_"), [k for k in known if "-" not in k], n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"Unknown {what}: {name!r}.{hint} `sod train --help` lists every option.")
+
+
+def make_parser(prog: str | None = None) -> SODParser:
     """The parser of ``sod train``: script, training, model and launch arguments, with ``--config``."""
-    return TrlParser((SODScriptArguments, SODConfig, ModelConfig, LaunchArguments), prog=prog)
+    return SODParser((SODScriptArguments, SODConfig, ModelConfig, LaunchArguments), prog=prog)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,8 +472,9 @@ def build_environment_factory(script_args: SODScriptArguments):
 
 
 def main(script_args: SODScriptArguments, training_args: SODConfig, model_args: ModelConfig,
-         launch_args: LaunchArguments | None = None):
-    """Load everything the arguments name, train, save; returns the trainer."""
+         launch_args: LaunchArguments | None = None, recipe_file: str | None = None):
+    """Load everything the arguments name, train, save (and push, with ``push_to_hub``); returns the trainer.
+    ``recipe_file``, the YAML the arguments came from, is copied next to the model card."""
     from trl import get_peft_config
 
     from sod_trainer.trainer import SODTrainer
@@ -445,6 +487,7 @@ def main(script_args: SODScriptArguments, training_args: SODConfig, model_args: 
         eval_dataset=eval_dataset, processing_class=tokenizer, reward_funcs=reward_funcs,
         environment_factory=build_environment_factory(script_args), peft_config=get_peft_config(model_args),
     )
+    trainer.recipe_file = recipe_file
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.accelerator.print("Training completed.")
@@ -460,12 +503,46 @@ def main(script_args: SODScriptArguments, training_args: SODConfig, model_args: 
     return trainer
 
 
+def config_path(argv: list[str]) -> str | None:
+    """The recipe named by ``--config`` in ``argv``, if any."""
+    return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+
+
 def run(argv: list[str] | None = None):
     """Parse ``argv`` (``--config recipe.yaml`` and flags) and train in this process."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     script_args, training_args, model_args, launch_args = parser.parse_args_and_config(argv)
-    return main(script_args, training_args, model_args, launch_args)
+    return main(script_args, training_args, model_args, launch_args, recipe_file=config_path(argv))
+
+
+ERROR_FILE_VARIABLE = "SOD_TRAIN_ERROR_FILE"
+
+
+def record_failure(error: BaseException) -> None:
+    """Append this process's error (one line) to the file ``sod train`` reads back (``$SOD_TRAIN_ERROR_FILE``)."""
+    path = os.environ.get(ERROR_FILE_VARIABLE)
+    if not path:
+        return
+    rank = os.environ.get("RANK", "0")
+    message = " ".join(f"{type(error).__name__}: {error}".split())
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"{rank}\t{message}\n")
+
+
+def run_as_script(argv: list[str] | None = None) -> int:
+    """``run`` as a process's entry point: a failure prints its traceback, is recorded for ``sod train``, and
+    exits with 1."""
+    try:
+        run(argv)
+    except Exception as error:
+        import traceback
+
+        traceback.print_exc()
+        record_failure(error)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    run()
+    raise SystemExit(run_as_script())
