@@ -227,8 +227,11 @@ def test_sandboxed_program_that_hangs_times_out_and_is_counted(tokenizer, tmp_pa
     (dict(max_prompt_length=0), r"max_prompt_length must be >= 1 token, or None for no limit; got 0"),
     (dict(opd_coef=0, grpo_coef=0), r"opd_coef and grpo_coef are both 0: there is nothing to learn from\. Set"),
     (dict(grpo_coef=-1), r"opd_coef and grpo_coef must be >= 0"),
-    (dict(generation_batch_size=12),
-     r"generation_batch_size=12 must equal per_device_train_batch_size \(8\) x processes \(1\) x "
+    (dict(generation_batch_size=12),  # set alone, as TRL allows, but not whole optimizer batches
+     r"generation_batch_size=12 must be a multiple of the global batch size per_device_train_batch_size \(8\) x "
+     r"processes \(1\) = 8; e\.g\. generation_batch_size=16"),
+    (dict(generation_batch_size=16, steps_per_generation=1),
+     r"generation_batch_size=16 must equal per_device_train_batch_size \(8\) x processes \(1\) x "
      r"steps_per_generation \(1\) = 8; set only one of"),
     (dict(steps_per_generation=3, gradient_accumulation_steps=2),
      r"steps_per_generation=3 must be a multiple of gradient_accumulation_steps=2"),

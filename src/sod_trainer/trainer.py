@@ -160,6 +160,11 @@ class SODTrainer(Trainer):
             raise TypeError(f"args must be an SODConfig, got {type(args).__name__}.")
         if isinstance(model, str):
             model = _load_model(model, args.model_init_kwargs, args, "student")
+        if teacher_model is not None and not isinstance(teacher_model, (str, torch.nn.Module)):
+            raise TypeError(
+                f"teacher_model must be a model or a model name/path, got {teacher_model!r}. SODTrainer's second "
+                "positional argument is teacher_model (GRPOTrainer's is reward_funcs): pass reward_funcs=... by keyword."
+            )
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None and args.teacher_server_url is None and args.opd_coef != 0:
