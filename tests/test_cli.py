@@ -415,3 +415,62 @@ def test_failing_sod_train_end_to_end_prints_no_launcher_traceback(tmp_path):
     assert "CalledProcessError" not in result.stdout + result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("sod train: error: training failed with exit code 1: FileNotFoundError: Could not load")
+
+
+# ------------------------------------------------------------------------------------- sod eval / sod demo flags
+
+
+def _help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_eval_takes_every_rollout_option_as_underscore_flags_with_help(capsys, tmp_path):
+    """Before: argparse with dashed flags only, several without help, and no --config."""
+    from sod_trainer.evaluation import EvaluationConfig, build_parser, config_from_args
+    from sod_trainer.evaluation.arguments import EvalRolloutArguments, EvalScriptArguments
+
+    text = _help("eval", capsys)
+    rollout_names = {f.name for f in dataclasses.fields(EvaluationConfig)} - {"keep_text"}
+    assert rollout_names <= {f.name for f in dataclasses.fields(EvalRolloutArguments)}  # every rollout option
+    for cls in (EvalScriptArguments, EvalRolloutArguments):
+        for f in dataclasses.fields(cls):
+            assert f"--{f.name}" in text, f.name
+            assert " ".join(f.metadata["help"].split())[:30] in text, f"--{f.name} has no help"
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "m", "benchmark": "toy", "num_samples": 4, "max_turns": 3}))
+    parsed = build_parser().parse_args_and_config(
+        ["--config", str(recipe), "--tool_call_format", "json", "--chat_template_kwargs", '{"enable_thinking": false}',
+         "--max-tool-response-chars", "99", "--seeds", "1", "2", "--system_prompt", "none"])
+    config = config_from_args(parsed)
+    assert (config.num_samples, config.max_turns, config.tool_call_format, config.chat_template_kwargs,
+            config.max_tool_response_chars, config.seeds, config.system_prompt) == (
+        4, 3, "json", {"enable_thinking": False}, 99, (1, 2), None)
+
+
+def test_demo_takes_underscore_flags_with_kebab_aliases_and_help(capsys, monkeypatch):
+    from sod_trainer.toy import demo
+
+    text = _help("demo", capsys)
+    for f in dataclasses.fields(demo.DemoArguments):
+        assert f"--{f.name}" in text and " ".join(f.metadata["help"].split())[:30] in text, f.name
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda output_dir, quick, teacher_path, **kw: seen.update(
+        output_dir=output_dir, quick=quick, **kw))
+    assert cli.main(["demo", "--quick", "--output_dir", "d", "--eval-problems", "3", "--compare", "uniform"]) == 0
+    assert seen == {"output_dir": "d", "quick": True, "eval_problems": 3, "compare": ["uniform"]}
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["eval", "--model", "m", "--benchmark", "toy", "--num_smaples", "3"], "Did you mean 'num_samples'?"),
+    (["demo", "--eval_problmes", "3"], "Did you mean 'eval_problems'?"),
+])
+def test_eval_and_demo_name_a_misspelt_option(argv, hint, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # sod eval raises SystemExit(2); sod demo returns 2
+        code = cli.main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert hint in err and f"sod {argv[0]} --help" in err and "dataclass" not in err

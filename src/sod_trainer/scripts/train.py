@@ -216,9 +216,10 @@ class SODParser(TrlParser):
         config_path = args[args.index("--config") + 1] if "--config" in args[:-1] else None
         *outputs, from_config, from_flags = super().parse_args_and_config(
             args, return_remaining_strings=True, separate_remaining_strings=True)
-        problems = [_unknown(name, self.known_names(), f"key in {config_path}")
+        problems = [_unknown(name, self.known_names(), f"key in {config_path}", self.prog)
                     for name in from_config[::2]]  # TRL returns them as ["--key", "value", ...]
-        problems += [_unknown(token, self.known_names(), "flag") for token in from_flags if token.startswith("-")]
+        problems += [_unknown(token, self.known_names(), "flag", self.prog) for token in from_flags
+                     if token.startswith("-")]
         if not problems and from_flags:
             problems.append(f"unexpected argument(s) {from_flags}: options are written --name value.")
         if problems:
@@ -233,14 +234,14 @@ class SODParser(TrlParser):
         return sorted(names)
 
 
-def _unknown(token: str, known: list[str], what: str) -> str:
+def _unknown(token: str, known: list[str], what: str, prog: str = "sod train") -> str:
     """One "unknown ... did you mean ...?" sentence."""
     import difflib
 
     name = token.lstrip("-").split("=", 1)[0]
     close = difflib.get_close_matches(name.replace("-", "_"), [k for k in known if "-" not in k], n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return (f"Unknown {what}: {name!r}.{hint} `sod train --help` lists every option.")
+    return f"Unknown {what}: {name!r}.{hint} `{prog} --help` lists every option."
 
 
 def make_parser(prog: str | None = None) -> SODParser:

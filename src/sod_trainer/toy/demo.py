@@ -415,25 +415,41 @@ def _say_eval(say, name: str, summary: dict, diagnostics: dict | None) -> None:
     say(line)
 
 
+@dataclass
+class DemoArguments:
+    """The options of ``sod demo`` (parsed with TRL's ``TrlParser``: underscore flags, dashed aliases)."""
+
+    output_dir: str = field(default="sod-demo", metadata={"help": "Where report.json and the plots go."})
+    quick: bool = field(default=False, metadata={"help": "Tiny settings: under 2 minutes, for tests and a look."})
+    steps: int | None = field(default=None, metadata={"help": "SOD training steps."})
+    eval_problems: int | None = field(default=None, metadata={"help": "Held-out problems per evaluation."})
+    seed: int | None = field(default=None, metadata={"help": "Random seed of the whole demo."})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: 1)."})
+    step_weighting: str | None = field(
+        default=None, metadata={"help": "sod (default), uniform, decay, mask_after_error, ..."})
+    compare: list[str] | None = field(
+        default=None, metadata={"help": "Also train these weighting schemes from the same cold-start student "
+                                "(e.g. uniform)."})
+    eval_teacher: bool = field(
+        default=False, metadata={"help": "Also measure the teacher on the held-out problems (default: report its "
+                                 "build record)."})
+    teacher: str | None = field(default=None, metadata={"help": "A teacher folder (default: the shipped one)."})
+    flaky_tool_rate: float | None = field(
+        default=None, metadata={"help": "Share of tool calls that fail transiently (the student must retry; "
+                                "default 0)."})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``sod demo [--quick] [--output-dir DIR] ...``"""
-    parser = argparse.ArgumentParser(prog="sod demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="sod-demo", help="where report.json and the plots go")
-    parser.add_argument("--quick", action="store_true", help="tiny settings: under 2 minutes, for tests and a look")
-    parser.add_argument("--steps", type=int, default=None, help="SOD training steps")
-    parser.add_argument("--eval-problems", type=int, default=None, help="held-out problems per evaluation")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1)")
-    parser.add_argument("--step-weighting", default=None, help="sod (default), uniform, decay, mask_after_error, ...")
-    parser.add_argument("--compare", nargs="*", default=None, metavar="SCHEME",
-                        help="also train these weighting schemes from the same cold-start student (e.g. uniform)")
-    parser.add_argument("--eval-teacher", action="store_true",
-                        help="also measure the teacher on the held-out problems (default: report its build record)")
-    parser.add_argument("--teacher", default=None, help="a teacher folder (default: the shipped one)")
-    parser.add_argument("--flaky-tool-rate", type=float, default=None,
-                        help="share of tool calls that fail transiently (the student must retry; default 0)")
-    args = parser.parse_args(argv)
+    """``sod demo [--quick] [--output_dir DIR] ...``"""
+    from ..scripts.train import SODParser
+
+    parser = SODParser(DemoArguments, prog="sod demo", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        (args,) = parser.parse_args_and_config(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as error:
+        print(f"sod demo: error: {error}", file=sys.stderr)
+        return 2
     overrides: dict[str, Any] = {}
     for key, value in (("sod_steps", args.steps), ("eval_problems", args.eval_problems), ("seed", args.seed),
                        ("threads", args.threads), ("step_weighting", args.step_weighting),
