@@ -13,9 +13,10 @@ Each gets the demo's cold start (SFT on trajectories, some re-using a stale vari
 retrying), is evaluated on held-out problems with the real Python tool, trained with SODTrainer (SOD weights,
 the demo's settings) and evaluated again. The other-tokenizer student's teacher log-probs go through the
 cross-tokenizer path, chosen automatically (the teacher's tokenizer is saved next to it). Prints a table and
-saves ``benchmarks/results/cross_tokenizer_toy.json``. Shared 2-core CPU: about 20-30 minutes.
+saves ``benchmarks/results/cross_tokenizer_toy.json``. The demo's settings (20 steps x 8 prompts x 4) take
+about 20 minutes per student on one free core; the run in the docs used fewer (see there).
 
-    python benchmarks/cross_tokenizer_toy.py [--sod-steps 20] [--eval-problems 64]
+    python benchmarks/cross_tokenizer_toy.py [--sod-steps 20] [--prompts-per-step 8] [--eval-problems 64]
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sod-steps", type=int, default=20)
     parser.add_argument("--eval-problems", type=int, default=64)
+    parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--output", default="/tmp/cross_tokenizer_toy")
     parser.add_argument("--quick", action="store_true", help="the demo's quick settings (a smoke run, ~2 minutes)")
     args = parser.parse_args()
@@ -92,7 +94,8 @@ def main() -> None:
     torch.set_num_threads(1)
     progress = _Progress()
     settings = (DemoSettings.quick() if args.quick
-                else DemoSettings(sod_steps=args.sod_steps, eval_problems=args.eval_problems))
+                else DemoSettings(sod_steps=args.sod_steps, eval_problems=args.eval_problems,
+                                  prompts_per_step=args.prompts_per_step))
     teacher, teacher_tokenizer, _, teacher_path = _load_or_build_teacher(progress, None)
     other = build_tokenizer(corpus=tokenizer_corpus(), vocab_size=512, family="header")
     eval_rows = [dict(row) for row in build_dataset(settings.eval_problems, seed=settings.seed, split="eval")]
