@@ -93,7 +93,9 @@ def prompt_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def constant_reward(prompts=None, completions=None, **kwargs) -> list[float]:
     """A reward that costs nothing and varies (so GRPO advantages are non-zero): the completion's length parity."""
-    return [float(len(c) % 2) for c in completions]
+    from sod_trainer.rewards import completion_text  # conversational completions are message lists (as TRL)
+
+    return [float(len(completion_text(c)) % 2) for c in completions]
 
 
 from sod_trainer.environments.base import ToolEnvironment, ToolResult  # noqa: E402

@@ -131,7 +131,9 @@ def prepare(args) -> dict:
 
 
 def boxed_reward(prompts, completions, answer, **kwargs):
-    return [1.0 if f"\\boxed{{{a}}}" in c else -1.0 for c, a in zip(completions, answer)]
+    from sod_trainer.rewards import completion_text  # conversational completions are message lists (as TRL)
+
+    return [1.0 if f"\\boxed{{{a}}}" in completion_text(c) else -1.0 for c, a in zip(completions, answer)]
 
 
 def train(args) -> dict:
@@ -203,8 +205,8 @@ def train(args) -> dict:
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "losses": [entry["loss"] for entry in logs],
         "rewards": [entry.get("reward") for entry in logs],
-        "tool_calls_per_trajectory": [entry.get("tools/calls_per_trajectory") for entry in logs],
-        "tool_failure_rate": [entry.get("tools/failure_rate") for entry in logs],
+        "tool_calls_per_trajectory": [entry.get("tools/call_frequency") for entry in logs],
+        "tool_failure_rate": [entry.get("tools/failure_frequency") for entry in logs],
         "steps_per_trajectory": [entry.get("steps_per_trajectory") for entry in logs],
         "mean_length": [entry.get("completions/mean_length") for entry in logs],
         "weights_step_2": [entry.get("weights/step_2") for entry in logs],

@@ -85,7 +85,9 @@ class UnevenTurnsEnvironment:
 
 
 def reward(prompts, completions, answer, **kwargs):
-    return [1.0 if f"\\boxed{{{a}}}" in c else -1.0 for c, a in zip(completions, answer)]
+    from sod_trainer.rewards import completion_text  # conversational completions are message lists (as TRL)
+
+    return [1.0 if f"\\boxed{{{a}}}" in completion_text(c) else -1.0 for c, a in zip(completions, answer)]
 
 
 def main(argv=None) -> int:

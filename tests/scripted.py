@@ -15,7 +15,10 @@ SCRIPTS = {
 
 
 def reward(prompts, completions, answer, **kwargs):
-    return [1.0 if f"\\boxed{{{a}}}" in c else -1.0 for c, a in zip(completions, answer)]
+    """A TRL-style reward: conversational completions are message lists; the answer is in the last assistant turn."""
+    texts = [c if isinstance(c, str) else [m for m in c if m["role"] == "assistant"][-1]["content"]
+             for c in completions]
+    return [1.0 if f"\\boxed{{{a}}}" in t else -1.0 for t, a in zip(texts, answer)]
 
 
 def dataset():

@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     for entry in curve:
         logs = logs_by_step.get(entry["step"], {})
-        for key in ("loss", "tools/failure_rate", "tools/calls_per_trajectory", "skipped_updates"):
+        for key in ("loss", "tools/failure_frequency", "tools/call_frequency", "skipped_updates"):
             if key in logs:
                 entry[key] = logs[key]
     descendants = []

@@ -64,9 +64,9 @@ def test_answer_that_is_not_text_or_a_number_is_a_contained_counted_reward_failu
     # checked before training (validate_dataset, the default): the first bad row is named
     with pytest.raises(DatasetRowError, match=r"Dataset row 0: .*'answer'"):
         build(tokenizer, tmp_path, rows=rows, raw_rows=True, reward_funcs=(make_math_reward(strict=True),))
-    # without the check, it is a contained failure of the reward, counted per batch
+    # without the check, the reward raises in training: contained and counted per batch with 'contain'
     trainer = build(tokenizer, tmp_path, rows=rows, raw_rows=True, max_steps=1, validate_dataset=False,
-                    reward_funcs=(make_math_reward(strict=True),))
+                    reward_funcs=(make_math_reward(strict=True),), reward_failure_policy="contain")
     trainer.train()
     log = trainer.state.log_history[0]
     assert log["rewards/math_reward/failures"] == 1.0
@@ -142,11 +142,12 @@ def test_reward_function_that_raises_names_itself_and_the_error_in_the_warning(t
     def needs_solution(prompts, completions, solution, **kwargs):
         return [1.0] * len(completions)
 
-    trainer = build(tokenizer, tmp_path, reward_funcs=(needs_solution, reward), max_steps=1)
+    trainer = build(tokenizer, tmp_path, reward_funcs=(needs_solution, reward), max_steps=1,
+                    reward_failure_policy="contain")
     trainer.train()
     assert trainer.state.log_history[0]["rewards/needs_solution/failures"] == 1.0
     assert "Reward function 'needs_solution' failed on this batch (TypeError:" in sod_logs.text
-    assert "its reward counts as 0" in sod_logs.text
+    assert "its reward is left out (None) for this batch" in sod_logs.text
 
 
 def test_reward_weights_of_the_wrong_length_are_rejected(tokenizer, tmp_path):
@@ -177,7 +178,7 @@ def test_tool_that_crashes_is_contained_and_counted(tokenizer, tmp_path, sod_log
     trainer.rollout_engine.backend = ScriptedBackend(tokenizer, {"q": [CODE_TURN, r"\boxed{42}"]})
     trainer.train()
     log = trainer.state.log_history[0]
-    assert log["tools/failure_rate"] == 1.0 and log["tools/error_trajectory_ratio"] == 1.0
+    assert log["tools/failure_frequency"] == 1.0 and log["tools/error_trajectory_ratio"] == 1.0
     assert log["tools/environment_failures"] == 1.0  # told apart from the model's own failed tool calls
     assert message in sod_logs.text
 
@@ -202,7 +203,7 @@ def test_tool_that_hangs_is_abandoned_after_step_timeout_and_counted(tokenizer, 
         release.set()
     assert time.monotonic() - start < 30
     log = trainer.state.log_history[0]
-    assert log["tools/timeouts_per_trajectory"] == 1.0 and log["tools/failure_rate"] == 1.0
+    assert log["tools/timeouts_per_trajectory"] == 1.0 and log["tools/failure_frequency"] == 1.0
     assert "Tool environment Hangs did not return from step() within 0.5 s (step_timeout_s)" in sod_logs.text
 
 
@@ -212,7 +213,7 @@ def test_sandboxed_program_that_hangs_times_out_and_is_counted(tokenizer, tmp_pa
         tokenizer, {"q": ["```python\nwhile True:\n    pass\n```", r"\boxed{42}"]})
     trainer.train()
     log = trainer.state.log_history[0]
-    assert log["tools/timeouts_per_trajectory"] == 1.0 and log["tools/failure_rate"] == 1.0
+    assert log["tools/timeouts_per_trajectory"] == 1.0 and log["tools/failure_frequency"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------ configuration

@@ -42,7 +42,7 @@ def test_quick_demo_trained_the_student_with_the_tool(quick_report):
     assert run["losses_finite"] and len(run["curve"]) == run["steps"]
     assert run["parameters_changed"] > 0.5
     assert report["student"]["before"]["tool_calls_per_trajectory"] > 0
-    assert all(entry["tools/calls_per_trajectory"] > 0 for entry in run["curve"])
+    assert all(entry["tools/call_frequency"] > 0 for entry in run["curve"])
     assert all("divergence/step_1" in entry and "weights/step_1" in entry for entry in run["curve"])
     assert report["student"]["cold_start"]["log"]
 

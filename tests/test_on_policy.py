@@ -46,7 +46,7 @@ def _one_batch(trainer, on_policy: bool, scheme: str):
 def test_on_policy_batches_give_the_two_pass_gradient_and_metrics_with_one_fewer_forward(tokenizer, tmp_path,
                                                                                           scheme):
     trainer = make_trainer(tokenizer, tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                           steps_per_generation=2)
+                           steps_per_generation=2, log_completions=True)  # samples (with step weights) are kept
     assert trainer._on_policy
     two_pass = _one_batch(trainer, False, scheme)
     one_pass = _one_batch(trainer, True, scheme)

@@ -16,13 +16,15 @@ from scripted import ScriptedBackend
 from sod_trainer import SODConfig, SODTrainer
 from sod_trainer.data import DatasetRowError
 from sod_trainer.environments import PythonToolEnvironment
+from sod_trainer.reward_calling import RewardFailure
+from sod_trainer.rewards import completion_text
 
 ROWS = [{"prompt": [{"role": "user", "content": f"q{i}: what is {i} * 1234?"}], "answer": str(i * 1234)}
         for i in range(6)]
 
 
 def reward(prompts, completions, answer, **kwargs):
-    return [1.0 if a in c else -1.0 for c, a in zip(completions, answer)]
+    return [1.0 if a in completion_text(c) else -1.0 for c, a in zip(completions, answer)]
 
 
 def build(tokenizer, tmp_path, rows=ROWS, reward_funcs=(reward,), raw_rows=False, **overrides):
@@ -119,15 +121,38 @@ def test_nonfinite_loss_skips_the_update_and_is_counted(tokenizer, tmp_path):
     assert trainer.state.log_history[0]["skipped_updates"] == 1.0
 
 
-def test_reward_function_that_raises_is_contained_and_counted(tokenizer, tmp_path):
-    def broken(prompts, completions, **kwargs):
-        raise KeyError("answer")
+def broken(prompts, completions, **kwargs):
+    raise KeyError("answer")
 
+
+def test_reward_function_that_raises_fails_the_run_with_its_traceback(tokenizer, tmp_path):
+    """As TRL: the default reward_failure_policy='raise' lets the error out, with the function named in a note."""
     trainer = build(tokenizer, tmp_path, reward_funcs=(broken, reward), max_steps=1)
+    with pytest.raises(KeyError, match="answer") as caught:
+        trainer.train()
+    assert any(frame.name == "broken" for frame in caught.traceback)
+    if hasattr(caught.value, "add_note"):  # Python >= 3.11 names the function in a note
+        assert "raised by the reward function 'broken'" in "".join(caught.value.__notes__)
+    assert trainer.state.global_step == 0
+
+
+def test_contained_reward_failure_is_counted_and_left_out(tokenizer, tmp_path):
+    trainer = build(tokenizer, tmp_path, reward_funcs=(broken, reward), max_steps=1,
+                    reward_failure_policy="contain")
     trainer.train()
     log = trainer.state.log_history[0]
     assert log["rewards/broken/failures"] == 1.0 and log["rewards/reward/failures"] == 0.0
+    assert "rewards/broken/mean" not in log  # left out (None), not scored 0
     assert math.isfinite(log["loss"])
+
+
+def test_contained_reward_failures_stop_the_run_after_the_configured_number_of_batches(tokenizer, tmp_path):
+    trainer = build(tokenizer, tmp_path, reward_funcs=(broken, reward), max_steps=4,
+                    reward_failure_policy="contain", max_consecutive_reward_failures=2)
+    with pytest.raises(RewardFailure, match=r"\['broken'\] failed on 2 rollout batches in a row "
+                                            r"\(max_consecutive_reward_failures=2\)"):
+        trainer.train()
+    assert trainer.state.global_step == 1  # the first failing batch trained; the second stopped the run
 
 
 def test_nonfinite_teacher_logprobs_leave_rows_out_of_the_loss(tokenizer, tmp_path):

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from conftest import make_tiny_model
 from fake_server import LOGPROB, FakeVLLMServer
 from sod_trainer import SODConfig, SODTrainer
+from sod_trainer.rewards import completion_text
 from sod_trainer.retry import RetryPolicy, ServerUnavailableError, call_with_retries
 from sod_trainer.teacher_server import ServerTeacher, TeacherServerError, TeacherServerUnavailableError
 
@@ -122,7 +123,7 @@ ROWS = [{"prompt": [{"role": "user", "content": f"q{i}: what is {i} * 3?"}], "an
 
 
 def _reward(prompts, completions, answer, **kwargs):
-    return [1.0 if a in c else -1.0 for c, a in zip(completions, answer)]
+    return [1.0 if a in completion_text(c) else -1.0 for c, a in zip(completions, answer)]
 
 
 def _trainer(tokenizer, output_dir, url, **overrides):

@@ -33,14 +33,14 @@ def test_trainer_trains_with_the_python_tool_and_logs_sod_metrics(tokenizer, tmp
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 3
     last = logs[-1]
-    for key in ("reward", "accuracy", "completions/mean_length", "tools/calls_per_trajectory", "tools/failure_rate",
+    for key in ("reward", "accuracy", "completions/mean_length", "tools/call_frequency", "tools/failure_frequency",
                 "steps_per_trajectory", "divergence/step_1", "divergence/step_2", "weights/step_2", "weights/mean",
                 "weights/min", "patterns/stable", "patterns/erroneous", "patterns/recovery", "entropy",
-                "clip_ratio/low", "clip_ratio/high", "clip_ratio/dual"):
+                "clip_ratio/low_mean", "clip_ratio/high_mean", "dual_clip_ratio"):
         assert key in last and math.isfinite(last[key]), key
-    # alpha: 1 tool call, beta: 2 calls of which one fails (NameError) -> 1.5 calls, 1/4 failure rate per row mean
-    assert last["tools/calls_per_trajectory"] == pytest.approx(1.5)
-    assert last["tools/failure_rate"] == pytest.approx(0.25)
+    # alpha: 1 tool call, beta: 2 calls of which one fails (NameError) -> 1.5 calls per completion, 1 of 3 failed
+    assert last["tools/call_frequency"] == pytest.approx(1.5)
+    assert last["tools/failure_frequency"] == pytest.approx(1 / 3)
     assert last["accuracy"] == pytest.approx(0.5)
     assert last["steps_per_trajectory"] == pytest.approx(2.5)
     shares = last["patterns/stable"] + last["patterns/erroneous"] + last["patterns/recovery"]
@@ -142,7 +142,7 @@ def test_evaluate_runs_rollouts_and_logs_eval_metrics(tokenizer, tmp_path):
     trainer.eval_dataset = dataset()
     metrics = trainer.evaluate()
     assert metrics["eval_accuracy"] == pytest.approx(0.5)  # alpha right, beta wrong, 2 samples each
-    assert metrics["eval_tools/calls_per_trajectory"] == pytest.approx(1.5)
+    assert metrics["eval_tools/call_frequency"] == pytest.approx(1.5)
     assert math.isfinite(metrics["eval_loss"])
 
 

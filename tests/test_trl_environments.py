@@ -138,9 +138,9 @@ def record(trainer):
         return trajectories
 
     def recording_rewards(*args, **kwargs):
-        values, metrics = rewards(*args, **kwargs)
+        per_function, values, metrics = rewards(*args, **kwargs)
         seen["rewards"].extend(values.tolist())
-        return values, metrics
+        return per_function, values, metrics
 
     trainer.rollout_engine.rollout = recording_rollout
     trainer.scorer.rewards = recording_rewards
@@ -231,8 +231,8 @@ def test_tools_list_runs_functions_and_returns_errors_as_trl_does(qwen3, tmp_pat
     scripts = {"alpha:": [call("multiply", a=3, b=4), "12"],
                "beta:": [call("divide", a=3, b=4), call("multiply", a=3, c=4), "7"]}
 
-    def exact(completions, answer, **kwargs):
-        return [1.0 if c.strip().endswith(a) else 0.0 for c, a in zip(completions, answer)]
+    def exact(completions, answer, **kwargs):  # as TRL: a conversational completion is a list of messages
+        return [1.0 if c[-1]["content"].strip().endswith(a) else 0.0 for c, a in zip(completions, answer)]
 
     trainer = make_trainer(qwen3, tmp_path, dataset, scripts, tools=[multiply], reward_funcs=[exact],
                            config=dict(max_completion_length=400))

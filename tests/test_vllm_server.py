@@ -24,6 +24,7 @@ from datasets import Dataset  # noqa: E402
 
 from conftest import make_tiny_model  # noqa: E402
 from sod_trainer import SODConfig, SODTrainer  # noqa: E402
+from sod_trainer.rewards import completion_text  # noqa: E402
 from sod_trainer.teacher import LocalTeacher  # noqa: E402
 from sod_trainer.teacher_server import ServerTeacher, TeacherServerError  # noqa: E402
 
@@ -142,7 +143,7 @@ def test_teacher_server_errors_say_what_is_wrong(server, tokenizer):
 
 def test_training_with_the_served_teacher(server, tokenizer, tmp_path):
     def reward(prompts, completions, **kwargs):
-        return [float(len(c) % 3) - 1.0 for c in completions]
+        return [float(len(completion_text(c)) % 3) - 1.0 for c in completions]
 
     student = make_tiny_model(tokenizer, seed=0)
     args = SODConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_steps=2,

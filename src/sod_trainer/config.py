@@ -65,6 +65,12 @@ class SODConfig(GRPOUnsupportedArguments, TrainingArguments):
         epsilon, epsilon_high: PPO clip range [1 - epsilon, 1 + epsilon_high] (clip-higher).
         dual_clip: cap on the per-token loss for negative advantages (`-A * dual_clip`); None disables.
         loss_type: `dapo` (token mean over the whole optimizer batch, the paper's) or `grpo` (per-sequence mean).
+
+    Parameters that control the rewards:
+        reward_weights: one weight per reward source (default all 1).
+        reward_failure_policy: `raise` (a reward that raises fails the run, as TRL) or `contain` (logged, counted in
+            `rewards/<name>/failures`, that reward left out for the batch).
+        max_consecutive_reward_failures: with `contain`, stop after this many failing rollout batches in a row.
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + [
@@ -264,6 +270,17 @@ class SODConfig(GRPOUnsupportedArguments, TrainingArguments):
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "Weights of the reward functions (default: all 1)."}
     )
+    reward_failure_policy: str = field(
+        default="raise",
+        metadata={"help": "A reward function that raises: 'raise' fails the run with its traceback (as TRL); "
+                  "'contain' logs it, leaves that reward out (None) for the batch, counts it in "
+                  "rewards/<name>/failures and trains on.", "choices": ["raise", "contain"]},
+    )
+    max_consecutive_reward_failures: int | None = field(
+        default=3,
+        metadata={"help": "With reward_failure_policy='contain': stop the run after this many rollout batches in a "
+                  "row in which a reward function failed (None: never)."},
+    )
     step_segmenter: str = field(
         default="turn",
         metadata={"help": "Built-in step segmenter: 'turn' (one assistant turn = one step), 'fixed_length', "
@@ -277,7 +294,12 @@ class SODConfig(GRPOUnsupportedArguments, TrainingArguments):
     )
 
     # ----------------------------------------------------------------- logging
-    log_completions: bool = field(default=False, metadata={"help": "Print sample trajectories when logging."})
+    log_completions: bool = field(
+        default=False,
+        metadata={"help": "At each logging step, print sample trajectories and write TRL's completions table "
+                  "(prompt, completion, rewards, advantage, plus step weights) to <output_dir>/completions/*.parquet "
+                  "and to wandb / trackio when they are in report_to."},
+    )
     num_completions_to_print: int | None = field(default=1, metadata={"help": "How many trajectories to print."})
     log_step_indices: int = field(default=4, metadata={"help": "Log mean d_k and w_k for the first this-many steps."})
     pattern_threshold: float = field(
@@ -298,6 +320,12 @@ class SODConfig(GRPOUnsupportedArguments, TrainingArguments):
     def _check(self) -> None:
         """Reject contradictory or out-of-range values at construction: each message names the field, the value
         and a fix (see docs/troubleshooting.md, "Bad inputs and what you see")."""
+        if self.reward_failure_policy not in ("raise", "contain"):
+            raise ValueError(f"reward_failure_policy must be 'raise' (fail the run, as TRL) or 'contain' (count and "
+                             f"train on), got {self.reward_failure_policy!r}.")
+        if self.max_consecutive_reward_failures is not None and self.max_consecutive_reward_failures < 1:
+            raise ValueError(f"max_consecutive_reward_failures must be >= 1 or None (never stop), got "
+                             f"{self.max_consecutive_reward_failures}.")
 
         def fail(message: str):
             raise ValueError(message)

@@ -9,6 +9,8 @@ Shapes: ``B`` trajectories, ``T`` completion positions. Every per-token tensor i
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -231,15 +233,22 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     """GRPO advantage ``(r - mean_group) / (std_group + 1e-6)`` over consecutive groups of ``group_size``.
 
     Unbiased std; a group of one has mean 0 and std 1 (SOD_SPEC §5). ``scale=False`` skips the division.
+    A NaN reward (every reward function returned ``None``, as in TRL) is left out of its group's mean and std and
+    keeps a NaN advantage (the caller zeroes it).
     """
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}.")
     grouped = rewards.float().view(-1, group_size)
     if group_size == 1:
         mean, std = torch.zeros_like(grouped), torch.ones_like(grouped)
-    else:
+    elif not torch.isnan(grouped).any():
         mean = grouped.mean(dim=1, keepdim=True)
         std = grouped.std(dim=1, keepdim=True, unbiased=True)
+    else:
+        mean = torch.nanmean(grouped, dim=1, keepdim=True)
+        count = (~torch.isnan(grouped)).sum(dim=1, keepdim=True)
+        variance = torch.nansum((grouped - mean) ** 2, dim=1, keepdim=True) / (count - 1).clamp(min=1)
+        std = torch.where(count > 1, variance.sqrt(), torch.full_like(variance, math.nan))
     centered = grouped - mean
     advantages = centered / (std + 1e-6) if scale else centered
     return advantages.view(-1)

@@ -19,14 +19,16 @@ from typing import Any
 
 import torch
 
+from .completions_log import build_samples, fill_samples
 from .data import encode_prompt, row_to_messages
 from .metrics import PATTERNS, per_step_means, weight_patterns
 from .objective import combined_advantages, group_advantages, spread_span_logps, step_and_token_weights
+from .reward_calling import RewardCaller, trl_prompts_and_completions
 from .rollout.types import Trajectory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RolloutScorer", "ScoredBatch", "StepWeighting", "collate_trajectories", "weigh_steps"]
+__all__ = ["RolloutScorer", "ScoredBatch", "StepWeighting", "collate_trajectories", "fill_samples", "weigh_steps"]
 
 # (B, T) sequences; (B,) per-row values; everything else is (B, C) per completion token
 SEQUENCE_KEYS = ("input_ids", "attention_mask")
@@ -74,6 +76,7 @@ class ScoredBatch:
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t, repr=False)
     loss_type: str = "dapo"
     view: Any = None  # the trajectory viewer's BatchView (sod_trainer.viewer) when log_completions is on
+    num_tokens: int = 0  # prompt + model tokens of the whole batch (all processes), for TRL's ``num_tokens``
 
     def slices(self, num_slices: int, accumulation_steps: int = 1) -> list[dict[str, torch.Tensor]]:
         """Split into ``num_slices`` micro-batches; each carries the global normalizer of its optimizer step
@@ -153,15 +156,12 @@ def error_steps_for(trajectories: Sequence[Trajectory], step_ids: torch.Tensor) 
 class RolloutScorer:
     """Builds :class:`ScoredBatch` objects; holds no model of its own except through ``teacher``."""
 
-    def __init__(self, *, args, tokenizer, teacher, segmenter, reward_funcs: list[Callable], accelerator,
-                 reward_weights: list[float] | None = None):
+    def __init__(self, *, args, tokenizer, teacher, segmenter, rewards: RewardCaller, accelerator):
         self.args = args
         self.tokenizer = tokenizer
         self.teacher = teacher
         self.segmenter = segmenter
-        self.reward_funcs = reward_funcs
-        weights = reward_weights if reward_weights is not None else args.reward_weights or [1.0] * len(reward_funcs)
-        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        self.reward_caller = rewards
         self.accelerator = accelerator
 
     # ------------------------------------------------------------------ prompts and rewards
@@ -181,34 +181,20 @@ class RolloutScorer:
             ))
         return messages, ids
 
-    def rewards(self, prompts, completions, rows, trajectories) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(B,)`` weighted sum of the reward functions; a function that raises names itself in the error."""
-        if not self.reward_funcs:
-            return torch.zeros(len(completions)), {}
-        columns = {key: [row.get(key) for row in rows] for key in rows[0] if key not in ("prompt", "messages")}
-        if any(t.environment is not None for t in trajectories):  # TRL's kwarg: each rollout's environment object
-            columns["environments"] = [t.environment for t in trajectories]
-        per_function = torch.zeros(len(completions), len(self.reward_funcs))
-        metrics = {}
-        for j, function in enumerate(self.reward_funcs):
-            name = getattr(function, "__name__", type(function).__name__)
-            try:
-                values = function(prompts=prompts, completions=completions, trajectories=trajectories, **columns)
-                if len(values) != len(completions):
-                    raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
-                column = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
-                failed = 0.0
-            except Exception as error:  # contained: this batch gets reward 0 from it, counted and logged
-                logger.warning("Reward function %r failed on this batch (%s: %s); its reward counts as 0. Fix the "
-                               "function or the dataset column it reads.", name, type(error).__name__, error)
-                column = torch.full((len(completions),), math.nan)
-                failed = 1.0
-            metrics[f"rewards/{name}/failures"] = failed
-            per_function[:, j] = column
-            if not torch.isnan(column).all():
-                metrics[f"rewards/{name}/mean"] = float(torch.nanmean(column))
-        rewards = (torch.nan_to_num(per_function, nan=0.0) * self.reward_weights).sum(1)
-        return rewards, metrics
+    def rewards(self, rows, prompts, completions, trajectories, environments=None, trainer_state=None
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """The reward sources called as TRL calls them: ``(B, F)`` rewards (NaN = None), the ``(B,)`` weighted sum
+        (NaN for a row every source left out) and the failure counts (``reward_failure_policy='contain'``)."""
+        caller = self.reward_caller
+        if not len(caller):
+            return torch.zeros(len(completions), 0), torch.zeros(len(completions)), {}
+        per_function, metrics = caller(rows, prompts, completions, [list(t.completion_ids) for t in trajectories],
+                                       trainer_state=trainer_state, environments=environments,
+                                       trajectories=trajectories)
+        unscorable = torch.isnan(per_function).all(dim=1)
+        rewards = (per_function * caller.weights.unsqueeze(0)).nansum(dim=1)
+        rewards[unscorable] = torch.nan
+        return per_function, rewards, metrics
 
     # ------------------------------------------------------------------ the batch
     def _in_row_chunks(self, function, tensors, **kwargs):
@@ -220,20 +206,26 @@ class RolloutScorer:
                                     tensors["completion_start"][sl], tensors["assistant_mask"][sl], **kwargs))
         return outputs
 
-    def build(self, rows, engine, student_logprobs, on_policy: bool = False) -> ScoredBatch:
-        """Roll ``rows`` out and score them. ``on_policy``: leave π_old to the loss (see the module docstring)."""
+    def build(self, rows, engine, student_logprobs, on_policy: bool = False, trainer_state=None) -> ScoredBatch:
+        """Roll ``rows`` out and score them. ``on_policy``: leave π_old to the loss (see the module docstring);
+        ``trainer_state`` reaches the reward functions (TRL's ``trainer_state``)."""
         args = self.args
         device = self.accelerator.device
         environments, extras = engine.make_environments(rows)
         try:
-            prompts, prompt_ids = self.encode_prompts(rows, extras, [e.prompt_options() for e in environments])
+            prompt_messages, prompt_ids = self.encode_prompts(rows, extras, [e.prompt_options() for e in environments])
         except Exception:
             for environment in environments:
                 environment.close()
             raise
         trajectories = engine.rollout(prompt_ids, rows, environments)
-        completions = [self.tokenizer.decode(t.completion_ids, skip_special_tokens=True) for t in trajectories]
-        rewards, reward_metrics = self.rewards(prompts, completions, rows, trajectories)
+        prompts, completions = trl_prompts_and_completions(rows, prompt_messages, trajectories, self.tokenizer)
+        # TRL's `environments`: each rollout's own environment object (the user's, not SOD's adapter around it)
+        user_environments = [t.environment if t.environment is not None else e
+                             for t, e in zip(trajectories, environments)]
+        per_function, rewards, reward_metrics = self.rewards(rows, prompts, completions, trajectories,
+                                                             environments=user_environments,
+                                                             trainer_state=trainer_state)
 
         cpu = collate_trajectories(trajectories, self.tokenizer.pad_token_id)
         tensors = {key: value.to(device) for key, value in cpu.items()}
@@ -245,7 +237,7 @@ class RolloutScorer:
         teacher_spans = None
         if self.teacher is not None and hasattr(self.teacher, "score_trajectories"):  # another tokenizer
             cross = self.teacher.score_trajectories(
-                trajectories, prompts, tensors["assistant_mask"].shape[1],
+                trajectories, prompt_messages, tensors["assistant_mask"].shape[1],
                 rows_per_call=max(1, args.per_device_train_batch_size), device=device)
             teacher_logps, teacher_spans = cross.logps, cross.span_ids
             unaligned = tensors["assistant_mask"].bool() & ~cross.aligned
@@ -258,8 +250,13 @@ class RolloutScorer:
         assistant_mask = tensors["assistant_mask"]
         step_ids = self.segmenter(tensors["completion_ids"], assistant_mask).to(device)
         error_steps = error_steps_for(trajectories, step_ids.cpu()).to(device)
-        sequence_advantages = group_advantages(rewards, args.num_generations,
-                                               scale=args.scale_rewards == "group").to(device)
+        # a row every reward source left out (all None) is outside the group baseline and gets no advantage (TRL)
+        # and, as there, a NaN advantage (a group with a single scored row) is 0; a group with an infinite reward
+        # keeps its NaN, so the loss is non-finite and that update is skipped (counted in skipped_updates)
+        sequence_advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards == "group")
+        infinite = torch.isinf(rewards).view(-1, args.num_generations).any(1).repeat_interleave(args.num_generations)
+        sequence_advantages = sequence_advantages.masked_fill(torch.isnan(sequence_advantages) & ~infinite, 0.0)
+        sequence_advantages = sequence_advantages.to(device)
         loss_mask = assistant_mask.clone()
         if teacher_spans is not None:  # tokens the teacher's tokenization cannot be aligned with: no signal
             loss_mask[unaligned] = 0
@@ -279,7 +276,9 @@ class RolloutScorer:
 
         batch_tensors = dict(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
                              completion_start=tensors["completion_start"], loss_mask=loss_mask)
-        metrics = self.rollout_metrics(trajectories, rewards, reward_metrics)
+        metrics = self.rollout_metrics(trajectories, per_function, rewards, reward_metrics)
+        extra, logged = self.reward_caller.flush(len(trajectories), self._gather_object, self._gather_mean)
+        metrics.update(logged)
         weighting = None
         if on_policy:
             batch_tensors.update(assistant_mask=assistant_mask, step_ids=step_ids, error_steps=error_steps,
@@ -288,7 +287,8 @@ class RolloutScorer:
                 batch_tensors["teacher_logps"] = torch.nan_to_num(teacher_logps, nan=0.0, posinf=0.0, neginf=0.0)
             if teacher_spans is not None:
                 batch_tensors["teacher_spans"] = teacher_spans
-            samples = self._samples(trajectories, prompts, rewards, None)
+            samples = self._samples(trajectories, prompts, completions, per_function, rewards, sequence_advantages,
+                                    extra, None)
         else:
             weighting = weigh_steps(args, old_logps, teacher_logps, step_ids, error_steps, sequence_advantages,
                                     teacher_spans)
@@ -300,7 +300,8 @@ class RolloutScorer:
             mask = assistant_mask.bool()
             metrics.update(self.student_metrics(weighting, entropy[mask], (old_logps - weighting.teacher_logps)[mask],
                                                 int(bad_rows.sum())))
-            samples = self._samples(trajectories, prompts, rewards, weighting)
+            samples = self._samples(trajectories, prompts, completions, per_function, rewards, sequence_advantages,
+                                    extra, weighting)
         view = None
         if args.log_completions and self.accelerator.is_main_process:  # the trajectory page (sod_trainer.viewer)
             from .viewer import BatchView
@@ -308,8 +309,10 @@ class RolloutScorer:
             view = BatchView.from_scoring(trajectories, rewards, step_ids, error_steps, teacher_logps, old_logps,
                                           weighting, args)
         reduce_sum = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
+        model_tokens = sum(len(t.prompt_ids) + sum(t.assistant_mask) for t in trajectories)
+        num_tokens = int(reduce_sum(torch.tensor(model_tokens, dtype=torch.long, device=device)).item())
         return ScoredBatch(batch_tensors, metrics, samples, trajectories, reduce_sum=reduce_sum,
-                           loss_type=args.loss_type, view=view)
+                           loss_type=args.loss_type, num_tokens=num_tokens, view=view)
 
     # ------------------------------------------------------------------ diagnostics
     def _cross_metrics(self, stats: dict[str, float]) -> dict[str, float]:
@@ -326,25 +329,69 @@ class RolloutScorer:
         total = self.accelerator.reduce(tensor, reduction="sum")
         return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
-    def rollout_metrics(self, trajectories, rewards, reward_metrics) -> dict[str, float]:
-        """Rewards, lengths and tool statistics: everything that does not need the student's log-probs."""
+    def _gather(self, values) -> torch.Tensor:
+        """This batch's per-row values of every process, as one CPU tensor (TRL gathers before its statistics)."""
+        tensor = torch.as_tensor(values, dtype=torch.float32).to(self.accelerator.device)
+        return self.accelerator.gather(tensor).cpu()
+
+    def _gather_object(self, objects: list) -> list:
+        from accelerate.utils import gather_object
+
+        return gather_object(objects) if self.accelerator.num_processes > 1 else list(objects)
+
+    def rollout_metrics(self, trajectories, rewards_per_function, rewards, reward_metrics) -> dict[str, float]:
+        """TRL's reward, length and tool metrics (same names, same meaning, gathered over processes), then SOD's own:
+        everything that does not need the student's log-probs."""
+        from trl.trainer.utils import nanstd
+
+        gather = self._gather
+        names = self.reward_caller.names
+        metrics: dict[str, float] = {}
+        # completions: TRL counts model tokens only (its tool_mask), and "clipped" = cut by the budget
+        lengths = gather([float(sum(t.assistant_mask)) for t in trajectories])
+        clipped = gather([float(t.truncated) for t in trajectories]).bool()
+        terminated = lengths[~clipped] if (~clipped).any() else torch.zeros(1)
+        metrics.update({
+            "completions/mean_length": float(lengths.mean()),
+            "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float(clipped.float().mean()),
+            "completions/mean_terminated_length": float(terminated.mean()),
+            "completions/min_terminated_length": float(terminated.min()),
+            "completions/max_terminated_length": float(terminated.max()),
+        })
+        calls = gather([float(_tool_calls(t)) for t in trajectories]).sum()
+        failures = gather([float(_tool_failures(t)) for t in trajectories]).sum()
+        metrics["tools/call_frequency"] = float(calls / lengths.numel())
+        metrics["tools/failure_frequency"] = float(failures / calls) if calls > 0 else 0.0
+        # rewards: per source over the rows it scored, then the weighted sum without the unscorable rows
+        if names:
+            per_function = gather(rewards_per_function)
+            for j, name in enumerate(names):
+                metrics[f"rewards/{name}/mean"] = float(torch.nanmean(per_function[:, j]))
+                metrics[f"rewards/{name}/std"] = float(nanstd(per_function[:, j]))
+        all_rewards = gather(rewards)
+        group = self.args.num_generations
+        if group > 1 and all_rewards.numel() % group == 0:
+            std = nanstd(all_rewards.view(-1, group), dim=1)
+            zero_std = torch.isclose(std, torch.zeros_like(std)).repeat_interleave(group)
+        else:
+            zero_std = torch.ones_like(all_rewards, dtype=torch.bool)
+        metrics["reward"] = float(torch.nanmean(all_rewards))
+        metrics["reward_std"] = float(nanstd(all_rewards))
+        metrics["frac_reward_zero_std"] = float(zero_std.float().mean())
+        scored = all_rewards[~torch.isnan(all_rewards)]
+        # SOD's own
         mean = self._gather_mean
-        metrics = {
-            "reward": mean(rewards.tolist()),
-            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "accuracy": mean([float(r > 0) for r in rewards.tolist()]),
-            "completions/mean_length": mean([t.completion_length for t in trajectories]),
-            "completions/mean_model_tokens": mean([sum(t.assistant_mask) for t in trajectories]),
-            "completions/truncated_ratio": mean([float(t.truncated) for t in trajectories]),
-            "tools/calls_per_trajectory": mean([t.num_tool_calls for t in trajectories]),
-            "tools/failure_rate": mean([t.num_tool_errors / t.num_tool_calls for t in trajectories
-                                        if t.num_tool_calls] or [0.0]),
+        metrics.update({
+            "accuracy": float((scored > 0).float().mean()) if scored.numel() else float("nan"),
+            "trajectories/mean_length": mean([t.completion_length for t in trajectories]),  # tool output included
             "tools/timeouts_per_trajectory": mean([sum(bool(turn.metadata.get("timed_out")) for turn in t.turns)
                                                    for t in trajectories]),
             "tools/error_trajectory_ratio": mean([float(t.num_tool_errors > 0) for t in trajectories]),
             # the environment itself crashed or hung (a bug to fix), apart from the model's failed tool calls
             "tools/environment_failures": mean([float(t.environment_failure is not None) for t in trajectories]),
-        }
+        })
         metrics.update(reward_metrics)
         return metrics
 
@@ -374,33 +421,23 @@ class RolloutScorer:
             metrics[f"patterns/{pattern}"] = mean([float(label == pattern) for label in labels])
         return metrics
 
-    def _samples(self, trajectories, prompts, rewards, weighting: StepWeighting | None) -> list[dict[str, Any]]:
-        samples = []
-        for row, trajectory in enumerate(trajectories[: max(1, self.args.num_completions_to_print or 1)]):
-            segments = []
-            position = 0
-            for turn in trajectory.turns:
-                segments.append((self.tokenizer.decode(trajectory.completion_ids[turn.start:turn.end]), True))
-                position = turn.end
-                next_start = next((u.start for u in trajectory.turns if u.start >= position), None)
-                end = next_start if next_start is not None else trajectory.completion_length
-                if end > position:
-                    segments.append((self.tokenizer.decode(trajectory.completion_ids[position:end]), False))
-            samples.append({
-                "prompt": self.tokenizer.decode(trajectory.prompt_ids),
-                "segments": segments,
-                "reward": float(rewards[row]),
-                "weights": [], "divergence": [],  # filled by fill_samples (on-policy: after the loss)
-                "stop_reason": trajectory.stop_reason,
-            })
+    def _samples(self, trajectories, prompts, completions, rewards_per_function, rewards, advantages, extra,
+                 weighting: StepWeighting | None) -> list[dict[str, Any]]:
+        """The batch's records for ``log_completions`` (all rows; none when it is off): see :mod:`.completions_log`."""
+        if not self.args.log_completions:
+            return []
+        samples = build_samples(self.tokenizer, trajectories, prompts, completions, self.reward_caller.names,
+                                rewards_per_function, rewards, advantages.cpu(), extra)
         if weighting is not None:
             fill_samples(samples, weighting)
         return samples
 
 
-def fill_samples(samples: list[dict[str, Any]], weighting: StepWeighting) -> None:
-    """Put each printed sample's step weights and divergences in (rows in batch order)."""
-    valid = weighting.valid
-    for row, sample in enumerate(samples[: valid.shape[0]]):
-        sample["weights"] = weighting.weights_per_step[row][valid[row]].tolist()
-        sample["divergence"] = weighting.divergence[row][valid[row]].tolist()
+def _tool_calls(trajectory: Trajectory) -> int:
+    """Tool calls of a trajectory as TRL counts them (a function-tool turn may make several)."""
+    return trajectory.num_function_calls
+
+
+def _tool_failures(trajectory: Trajectory) -> int:
+    """Failed tool calls of a trajectory as TRL counts them."""
+    return trajectory.num_function_call_failures

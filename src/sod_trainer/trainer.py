@@ -30,6 +30,7 @@ from .logprobs import sampled_token_logprobs
 from .rollout import HFGenerationBackend, RolloutEngine, ToolResponseFormatter
 from .on_policy import OnPolicyWeighting, is_on_policy
 from .retry import ServerUnavailableError
+from .reward_calling import RewardCaller
 from .scoring import RolloutScorer, ScoredBatch, fill_samples
 from .segmenters import StepSegmenter, get_segmenter
 from .teacher import LocalTeacher, resolve_teacher_tokenizer
@@ -117,8 +118,12 @@ class SODTrainer(Trainer):
             columns, which reach the reward functions (as kwargs) and ``ToolEnvironment.reset``.
         eval_dataset: rows like ``train_dataset``; ``evaluate()`` rolls them out and logs ``eval_*`` metrics.
         processing_class: the tokenizer (default: the student's); must have a chat template.
-        reward_funcs: callables ``fn(prompts, completions, **kwargs) -> list[float]`` (TRL's signature);
-            summed with ``args.reward_weights``. Needed unless ``grpo_coef == 0``.
+        reward_funcs: as TRL's ``GRPOTrainer``: callables ``fn(prompts, completions, **kwargs) -> list[float |
+            None]`` (sync or ``async``), ``PreTrainedModel`` sequence-classification reward models, or model ids /
+            paths of them; called with TRL's keyword arguments (see :mod:`sod_trainer.reward_calling`) and summed
+            with ``args.reward_weights``. Needed unless ``grpo_coef == 0``.
+        reward_processing_classes: tokenizers of the reward models, one per entry of ``reward_funcs`` (``None``
+            for a function, or to load the model's own), as TRL's.
         environment_factory: the kind is picked by the object's interface (see ``docs/environments.md``):
             a zero-argument callable returning a code-interpreter :class:`ToolEnvironment` (``step(turn_text)``),
             or TRL's kind, a class/callable (or a dict of them, chosen by the dataset's ``environment`` column) whose
@@ -144,7 +149,7 @@ class SODTrainer(Trainer):
         train_dataset=None,
         eval_dataset=None,
         processing_class=None,
-        reward_funcs: Callable | list[Callable] | None = None,
+        reward_funcs: Callable | PreTrainedModel | str | list[Callable | PreTrainedModel | str] | None = None,
         environment_factory: Callable[[], ToolEnvironment] | None = None,
         step_segmenter: StepSegmenter | None = None,
         callbacks=None,
@@ -152,6 +157,7 @@ class SODTrainer(Trainer):
         peft_config=None,
         teacher_processing_class=None,
         tools: list[Callable] | None = None,
+        reward_processing_classes=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
@@ -219,11 +225,8 @@ class SODTrainer(Trainer):
                 "the student's tokenizer, or the code-interpreter environment.")
         if function_tools is not None:
             _warn_interpreter_fields(args)
-        reward_weights = list(args.reward_weights or [1.0] * len(reward_funcs))
-        if function_tools is not None:
-            reward_funcs += function_tools.reward_funcs
-            reward_weights += [1.0] * len(function_tools.reward_funcs)
-        if not reward_funcs and args.grpo_coef != 0:
+        environment_rewards = list(function_tools.reward_funcs) if function_tools is not None else []
+        if not reward_funcs + environment_rewards and args.grpo_coef != 0:
             raise ValueError(
                 "grpo_coef is non-zero but no reward_funcs were given. Pass reward_funcs=[...] (e.g. "
                 "[sod_trainer.rewards.make_math_reward()]), an environment_factory whose environment defines "
@@ -306,9 +309,16 @@ class SODTrainer(Trainer):
                                             chat_template_kwargs=args.chat_template_kwargs,
                                             eos_token_ids=[i for i in self.rollout_engine.eos_token_ids if i is not None])
         self.teacher_processing_class = teacher_tokenizer
+        self.rewards = RewardCaller(list(reward_funcs), args, self.accelerator, reward_processing_classes,
+                                    is_deepspeed_enabled=self.is_deepspeed_enabled)
+        for function in environment_rewards:  # get_reward(): named after the class, weight 1 (as TRL)
+            self.rewards.add_source(function, function.__name__)
+        self.reward_funcs = self.rewards.funcs  # TRL's attribute names
+        self.reward_func_names = self.rewards.names
+        self.reward_processing_classes = self.rewards.processing_classes
         self.scorer = RolloutScorer(
             args=args, tokenizer=processing_class, teacher=teacher, segmenter=segmenter,
-            reward_funcs=list(reward_funcs), accelerator=self.accelerator, reward_weights=reward_weights,
+            rewards=self.rewards, accelerator=self.accelerator,
         )
 
     # ------------------------------------------------------------------ generation backend
@@ -390,8 +400,11 @@ class SODTrainer(Trainer):
         was_training = self.model.training
         with torch.no_grad():
             batch = self.scorer.build(rows, self.rollout_engine, student_logprobs=self._student_logprobs,
-                                      on_policy=self._on_policy)
+                                      on_policy=self._on_policy, trainer_state=self.state)
         self.model.train(was_training)
+        if mode == "train":  # TRL's num_tokens: prompt + model tokens seen so far, all processes
+            self.state.num_input_tokens_seen += batch.num_tokens
+        self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
         for key, value in batch.metrics.items():
             self._metrics[mode][key].append(value)
         for key, counter in self._retry_counters().items():  # retries during this batch's rollout and scoring
@@ -409,6 +422,12 @@ class SODTrainer(Trainer):
         if generation_retries is not None:
             counters["server/generation_retries"] = generation_retries
         return counters
+
+    def completion_samples(self) -> list[dict[str, Any]]:
+        """This process's records of the latest rollout batch (with ``log_completions``): prompt and completion as
+        the reward functions saw them, rewards per function, advantage, ``log_extra`` columns, token ids and the
+        model/tool mask, printable segments, and the step weights and divergences (see :mod:`.completions_log`)."""
+        return self._last_samples
 
     def _student_logprobs(self, input_ids, attention_mask, completion_start, token_mask, with_entropy=False):
         return sampled_token_logprobs(
@@ -452,11 +471,7 @@ class SODTrainer(Trainer):
             epsilon_low=args.epsilon, epsilon_high=args.epsilon_high, dual_clip=args.dual_clip,
             normalizer=normalizer,
         )
-        mask = loss_mask.bool()
-        total = mask.sum().clamp(min=1)
-        for name, key in (("clipped_low", "low"), ("clipped_high", "high"), ("dual_clipped", "dual")):
-            value = (stats[name] & mask).sum() / total
-            self._metrics[mode][f"clip_ratio/{key}"].append(float(self.accelerator.gather(value).mean()))
+        self._log_clip_ratios(mode, stats, loss_mask.bool())
         finite = bool(torch.isfinite(loss))
         self._metrics[mode]["skipped_updates"].append(0.0 if finite else 1.0)
         if not finite:
@@ -466,6 +481,27 @@ class SODTrainer(Trainer):
             self._skip_update = True
             loss = (logps * 0.0).sum()
         return loss
+
+    def _log_clip_ratios(self, mode: str, stats: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+        """TRL's ``clip_ratio/*`` (token means over all processes; the min / max of the per-sequence means) and
+        SOD's ``dual_clip_ratio``."""
+        from trl.trainer.utils import nanmax, nanmin
+
+        def global_masked_mean(x: torch.Tensor) -> float:
+            totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
+            return float(totals[0] / totals[1].clamp(min=1.0))
+
+        def sequence_means(x: torch.Tensor) -> torch.Tensor:
+            return self.accelerator.gather((x * mask).sum(-1) / mask.sum(-1))  # NaN for a row without tokens
+
+        low, high = stats["clipped_low"].float(), stats["clipped_high"].float()
+        metrics = self._metrics[mode]
+        metrics["clip_ratio/low_mean"].append(global_masked_mean(low))
+        metrics["clip_ratio/high_mean"].append(global_masked_mean(high))
+        metrics["clip_ratio/region_mean"].append(global_masked_mean(((low + high) > 0).float()))
+        metrics["clip_ratio/low_min"].append(float(nanmin(sequence_means(low))))
+        metrics["clip_ratio/high_max"].append(float(nanmax(sequence_means(high))))
+        metrics["dual_clip_ratio"].append(global_masked_mean(stats["dual_clipped"].float()))
 
     def _log_on_policy_metrics(self, mode: str) -> None:
         """The §10 diagnostics of an on-policy rollout batch, once its last micro-batch has been through the loss."""
@@ -616,12 +652,27 @@ class SODTrainer(Trainer):
         logs = {**logs, **{k: v for k, v in metrics.items() if v is not None}}
         super().log(logs, start_time)
         self._metrics[mode].clear()
-        if self.args.log_completions and self.accelerator.is_main_process and self._last_samples:
-            from .printing import print_trajectories
+        if self.args.log_completions:
+            self._log_completions()
 
-            print_trajectories(self._last_samples[: self.args.num_completions_to_print or 1], self.state.global_step)
-            self._last_samples = []
-        if self.args.log_completions and self.accelerator.is_main_process and self._last_view is not None:
+    def _log_completions(self) -> None:
+        """Print sample trajectories, write TRL's completions table (every process takes part in the gather) and
+        the trajectory page (:mod:`sod_trainer.viewer`)."""
+        from accelerate.utils import gather_object
+
+        from .completions_log import completions_table, write_completions_table
+        from .printing import print_trajectories
+
+        samples = self._last_samples  # kept (TRL keeps its table of the latest generation batch too)
+        if self.accelerator.num_processes > 1:
+            samples = gather_object(list(samples))
+        if not self.accelerator.is_main_process:
+            return
+        if samples:
+            print_trajectories(samples[: self.args.num_completions_to_print or 1], self.state.global_step)
+            write_completions_table(completions_table(samples, self.state.global_step), self.args,
+                                    self.state.global_step)
+        if self._last_view is not None:
             from .viewer import log_batch  # the trajectory page: output_dir/trajectories/, wandb, trackio
 
             log_batch(self, self._last_view)

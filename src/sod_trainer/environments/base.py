@@ -52,7 +52,7 @@ class ToolEnvironment(ABC):
 
     A ``reset`` or ``step`` that raises, or that has not returned after :attr:`step_timeout_s` seconds, is
     contained by the rollout engine: that trajectory ends with an error observation, a warning is logged and the
-    turn counts as a failed tool call (``tools/failure_rate``; a hang also in ``tools/timeouts_per_trajectory``).
+    turn counts as a failed tool call (``tools/failure_frequency``; a hang also in ``tools/timeouts_per_trajectory``).
     """
 
     step_timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S

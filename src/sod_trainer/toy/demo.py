@@ -172,7 +172,7 @@ def _train(student, teacher, tokenizer, train_dataset, settings: DemoSettings, s
             curve.append(entry)
             progress(f"  {scheme} step {state.global_step}/{settings.sod_steps}: loss {logs['loss']:+.4f}  "
                      f"batch accuracy {logs.get('accuracy', float('nan')):.2f}  "
-                     f"tool failures {logs.get('tools/failure_rate', float('nan')):.2f}  "
+                     f"tool failures {logs.get('tools/failure_frequency', float('nan')):.2f}  "
                      f"d_1 {logs.get('divergence/step_1', float('nan')):.3f}  "
                      f"w_2 {logs.get('weights/step_2', float('nan')):.2f}")
 
@@ -223,7 +223,7 @@ def _plots(report: dict, output_dir: Path) -> list[str]:
     for name, run in runs.items():
         steps = [e["step"] for e in run["curve"]]
         axes[0].plot(steps, [e.get("accuracy", float("nan")) for e in run["curve"]], label=f"{name} (batch)")
-        axes[1].plot(steps, [e.get("tools/failure_rate", float("nan")) for e in run["curve"]], label=name)
+        axes[1].plot(steps, [e.get("tools/failure_frequency", float("nan")) for e in run["curve"]], label=name)
         axes[2].plot(steps, [e.get("loss", float("nan")) for e in run["curve"]], label=name)
     before = report["student"]["before"]["accuracy"]
     axes[0].axhline(before, color="gray", linestyle=":", label=f"held-out before ({before:.0%})")
