@@ -32,6 +32,14 @@ def test_grid_runs_arms_per_seed_resumes_and_refuses_other_settings(tmp_path, ca
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert {(r["arm"], r["seed"]) for r in saved["runs"]} == {(a, s) for a in settings.arms for s in settings.seeds}
     assert all((tmp_path / name).exists() for name in saved["plots"])
+    # the trajectory viewer's pages of each cold start and each run's scored rollouts (sod_trainer.viewer)
+    from sod_trainer.viewer import read_jsonl
+
+    pages = tmp_path / "trajectories" / "stateless"
+    assert {p.name for p in pages.glob("*.html")} == {"index.html"} | {f"seed{s}_before.html" for s in settings.seeds} \
+        | {f"seed{s}_{a}_after.html" for a in settings.arms for s in settings.seeds}
+    records = read_jsonl(pages / "seed3_iw_opd_after.jsonl")
+    assert len(records) == settings.diagnostics_rollouts and {r["scheme"] for r in records} == {"iw_opd"}
 
     # a killed grid: one run missing; resuming runs only that one
     victim = run_path(tmp_path, "stateless", "uniform", 4)

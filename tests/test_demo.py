@@ -47,6 +47,22 @@ def test_quick_demo_trained_the_student_with_the_tool(quick_report):
     assert report["student"]["cold_start"]["log"]
 
 
+def test_quick_demo_writes_the_before_and_after_trajectory_pages(quick_report):
+    from sod_trainer.viewer import read_jsonl
+
+    report, output = quick_report
+    pages = report["trajectory_pages"]
+    assert set(pages["after"]) == set(report["training"])
+    for page in [pages["before"], *pages["after"].values()]:
+        html = (output / page).read_text()
+        assert '<script id="sod-data"' in html and "http" not in html.split("<script", 1)[0]
+        records = read_jsonl((output / page).with_suffix(".jsonl"))
+        assert len(records) == report["student"]["before"]["n"]
+        assert all(record["steps"] and record["steps"][0]["w"] == 1.0 for record in records if record["steps"])
+    index = (output / pages["index"]).read_text()
+    assert 'href="before.html"' in index and 'href="after_sod.html"' in index
+
+
 def test_demo_cli_help():
     from sod_trainer.toy.demo import main
 

@@ -144,7 +144,7 @@ class _Context:
         self.train_dataset = build_dataset(settings.train_problems, seed=0, split="train")
 
 
-def _evaluate(context: _Context, model, world: str, seed: int) -> dict[str, Any]:
+def _evaluate(context: _Context, model, world: str, seed: int, page: dict | None = None) -> dict[str, Any]:
     """Held-out accuracy per problem (share of correct samples), tool statistics and step diagnostics."""
     import torch
 
@@ -165,6 +165,10 @@ def _evaluate(context: _Context, model, world: str, seed: int) -> dict[str, Any]
     scored = rollouts[:s.diagnostics_rollouts]
     diagnostics = aggregate(score_rollouts(model, context.teacher, scored, context.tokenizer.pad_token_id)) \
         if scored else None
+    if page is not None and scored:  # the trajectory viewer's page of the scored rollouts (sod_trainer.viewer)
+        from ..viewer import write_toy_rollouts_page
+
+        write_toy_rollouts_page(model, context.teacher, context.tokenizer, scored, **page)
     return {"per_problem": per_problem, "accuracy": sum(per_problem) / len(per_problem),
             "summary": summarize(rollouts), "diagnostics": diagnostics}
 
@@ -194,7 +198,8 @@ def _cold_start(context: _Context, output_dir: Path, world: str, seed: int):
     finally:
         context.teacher.to(s.device)
     student.to(s.device)
-    evaluation = _evaluate(context, student, world, seed)
+    evaluation = _evaluate(context, student, world, seed,
+                           page=dict(folder=output_dir / "trajectories" / world, name=f"seed{seed}_before"))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_suffix(f".tmp{os.getpid()}")
     torch.save(student.state_dict(), tmp)
@@ -250,7 +255,9 @@ def _run_one(context: _Context, output_dir: Path, world: str, arm: str, seed: in
     student, _ = _cold_start(context, output_dir, world, seed)
     context.log(f"[{world} seed {seed}] {arm}: training {context.settings.train_steps} steps")
     curve = _train(context, student, output_dir, world, arm, seed)
-    evaluation = _evaluate(context, student, world, seed)
+    evaluation = _evaluate(context, student, world, seed, page=dict(
+        folder=output_dir / "trajectories" / world, name=f"seed{seed}_{arm}_after",
+        step_weighting=ARMS[arm].get("step_weighting", "sod")))
     payload = {"world": world, "arm": arm, "seed": seed, "overrides": ARMS[arm], "curve": curve, "eval": evaluation,
                "seconds": round(time.monotonic() - started, 1)}
     _write_json(run_path(output_dir, world, arm, seed), payload)

@@ -114,7 +114,8 @@ def _environment_factory(settings: DemoSettings, seed: int):
     return toy_environment_factory(settings.flaky_tool_rate, seed=seed)
 
 
-def _evaluate(model, teacher, tokenizer, rows, settings: DemoSettings, seed: int, with_diagnostics: bool = True):
+def _evaluate(model, teacher, tokenizer, rows, settings: DemoSettings, seed: int, with_diagnostics: bool = True,
+              page: dict | None = None):
     import torch
 
     from .diagnostics import aggregate, score_rollouts
@@ -129,6 +130,10 @@ def _evaluate(model, teacher, tokenizer, rows, settings: DemoSettings, seed: int
     diagnostics = None
     if with_diagnostics:
         diagnostics = aggregate(score_rollouts(model, teacher, rollouts, tokenizer.pad_token_id))
+    if page is not None:  # the trajectory viewer's page of these rollouts (sod_trainer.viewer)
+        from ..viewer import write_toy_rollouts_page
+
+        write_toy_rollouts_page(model, teacher, tokenizer, rollouts, **page)
     example = None
     for rollout in rollouts:  # show a trajectory with a tool error when there is one
         if rollout.num_tool_errors or example is None:
@@ -358,8 +363,9 @@ def run_demo(output_dir: str | os.PathLike = "sod-demo", quick: bool = False, *,
     lap("cold_start")
 
     say(f"evaluating the student on {len(eval_rows)} held-out problems...")
+    pages = output_dir / "trajectories"
     before, diagnostics_before, example_before = _evaluate(student, teacher, tokenizer, eval_rows, settings,
-                                                           seed=settings.seed)
+                                                           seed=settings.seed, page=dict(folder=pages, name="before"))
     _say_eval(say, "before", before, diagnostics_before)
     lap("eval_before")
 
@@ -376,7 +382,8 @@ def run_demo(output_dir: str | os.PathLike = "sod-demo", quick: bool = False, *,
         lap(f"train_{scheme}")
         say(f"evaluating the student after {scheme}...")
         after[scheme], diagnostics_after[scheme], examples_after[scheme] = _evaluate(
-            student, teacher, tokenizer, eval_rows, settings, seed=settings.seed)
+            student, teacher, tokenizer, eval_rows, settings, seed=settings.seed,
+            page=dict(folder=pages, name=f"after_{scheme}", step_weighting=scheme))
         _say_eval(say, f"after {scheme}", after[scheme], diagnostics_after[scheme])
         lap(f"eval_after_{scheme}")
 
@@ -395,12 +402,15 @@ def run_demo(output_dir: str | os.PathLike = "sod-demo", quick: bool = False, *,
         "diagnostics": {"before": diagnostics_before, "after": diagnostics_after},
         "examples": {"before": example_before, "after": examples_after},
         "timing_seconds": {**timing, "total": round(time.monotonic() - say.start, 1)},
+        "trajectory_pages": {"index": "trajectories/index.html", "before": "trajectories/before.html",
+                             "after": {scheme: f"trajectories/after_{scheme}.html" for scheme in schemes}},
     }
     report["plots"] = _plots(report, output_dir)
     (output_dir / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     if progress:
         _summary_table(report)
         say(f"report: {output_dir / 'report.json'}; plots: {', '.join(report['plots']) or 'none (no matplotlib)'}")
+        say(f"trajectories (token-level viewer, before/after): {pages / 'index.html'}")
     return report
 
 

@@ -9,7 +9,7 @@
 - :mod:`.headless`: loading a page in headless Chromium (tests, benchmark, screenshots).
 """
 
-from .offline import score_trajectories, trajectories_from_masks, write_rollout_page
+from .offline import score_trajectories, trajectories_from_masks, write_rollout_page, write_toy_rollouts_page
 from .page import BUCKET_EDGES, batch_summary, render_page, shading_bucket, write_page
 from .records import FORMAT, BatchView, read_jsonl, token_texts, trajectory_record, write_jsonl
 from .trackers import TRAJECTORY_DIR, log_batch, send_to_trackers, trajectory_table, write_batch
@@ -18,4 +18,5 @@ __all__ = [
     "BUCKET_EDGES", "FORMAT", "TRAJECTORY_DIR", "BatchView", "batch_summary", "log_batch", "read_jsonl",
     "render_page", "score_trajectories", "send_to_trackers", "shading_bucket", "token_texts", "trajectories_from_masks",
     "trajectory_record", "trajectory_table", "write_batch", "write_jsonl", "write_page", "write_rollout_page",
+    "write_toy_rollouts_page",
 ]

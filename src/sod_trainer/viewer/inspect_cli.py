@@ -8,11 +8,10 @@ beside it (``--output`` puts a single one elsewhere); a folder also gets an ``in
 from __future__ import annotations
 
 import argparse
-import html
 import sys
 from pathlib import Path
 
-from .page import write_page
+from .page import write_index, write_page
 from .records import read_jsonl
 
 __all__ = ["main", "find_record_files", "render_path"]
@@ -27,15 +26,6 @@ def find_record_files(path: Path) -> list[Path]:
         if files:
             return files
     return []
-
-
-def _index(pages: list[Path], folder: Path) -> Path:
-    items = "".join(f'<li><a href="{html.escape(page.name)}">{html.escape(page.stem)}</a></li>' for page in pages)
-    index = folder / "index.html"
-    index.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>SOD trajectories</title></head>'
-                     f'<body style="font-family:system-ui,sans-serif"><h1>SOD trajectory pages</h1>'
-                     f'<ul>{items}</ul></body></html>\n', encoding="utf-8")
-    return index
 
 
 def render_path(path: str | Path, output: str | Path | None = None, title: str | None = None) -> list[Path]:
@@ -56,7 +46,7 @@ def render_path(path: str | Path, output: str | Path | None = None, title: str |
         target = Path(output) if output is not None else file.with_suffix(".html")
         pages.append(write_page(records, target, title=title))
     if len(pages) > 1:
-        pages.append(_index(pages, pages[0].parent))
+        pages.append(write_index(pages[0].parent))
     return pages
 
 

@@ -19,9 +19,10 @@ from ..objective import step_and_token_weights
 from ..rollout.types import Trajectory, Turn
 from ..scoring import StepWeighting, collate_trajectories, error_steps_for
 from ..segmenters import StepSegmenter, TurnSegmenter
+from .page import write_index
 from .records import BatchView
 
-__all__ = ["score_trajectories", "write_rollout_page", "trajectories_from_masks"]
+__all__ = ["score_trajectories", "write_rollout_page", "trajectories_from_masks", "write_toy_rollouts_page"]
 
 
 @torch.no_grad()
@@ -107,3 +108,21 @@ def trajectories_from_masks(prompt_ids: Sequence[Sequence[int]], completion_ids:
             position, turn_index = end, turn_index + 1
         result.append(trajectory)
     return result
+
+
+def write_toy_rollouts_page(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer, rollouts,
+                            folder: str | os.PathLike, name: str, *, title: str | None = None,
+                            step_weighting: str = "sod", limit: int | None = 64) -> Path:
+    """The page of toy-world rollouts (``sod_trainer.toy.evaluation.ToyRollout``: ids, mask, per-turn tool
+    errors; reward +1 correct, -1 not, as ``toy_reward``), scored with ``student`` and ``teacher``; at most ``limit`` of them."""
+    rollouts = list(rollouts)[:limit]
+    trajectories = trajectories_from_masks(
+        [r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts], [r.assistant_mask for r in rollouts],
+        [r.turn_errors for r in rollouts], tool_called=[r.turn_tool_called for r in rollouts],
+        stop_reasons=[r.stop_reason for r in rollouts])
+    view = score_trajectories(student, teacher, trajectories, [1.0 if r.correct else -1.0 for r in rollouts],
+                              pad_token_id=tokenizer.pad_token_id, step_weighting=step_weighting)
+    page = write_rollout_page(view, tokenizer, folder, name, title=title or f"SOD trajectories — {name}")
+    write_index(folder)
+    return page
+

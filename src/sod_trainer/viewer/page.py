@@ -19,7 +19,7 @@ from typing import Any
 
 from ..metrics import PATTERNS
 
-__all__ = ["BUCKET_EDGES", "render_page", "write_page", "batch_summary", "shading_bucket"]
+__all__ = ["BUCKET_EDGES", "render_page", "write_page", "write_index", "batch_summary", "shading_bucket"]
 
 #: |s_t − q_t| edges (nats) of the shading buckets: b0 < 0.05 ≤ b1 < 0.2 ≤ b2 < 0.5 ≤ b3 < 1 ≤ b4 < 2 ≤ b5
 BUCKET_EDGES = (0.05, 0.2, 0.5, 1.0, 2.0)
@@ -167,3 +167,15 @@ def write_page(records: Sequence[dict[str, Any]], path: str | os.PathLike, **kwa
     partial.write_text(render_page(records, **kwargs), encoding="utf-8")
     os.replace(partial, path)
     return path
+
+
+def write_index(folder: str | os.PathLike) -> Path:
+    """``<folder>/index.html``: a list of links to the folder's trajectory pages."""
+    folder = Path(folder)
+    links = "".join(f'<li><a href="{html.escape(page.name)}">{html.escape(page.stem)}</a></li>'
+                    for page in sorted(folder.glob("*.html")) if page.name != "index.html")
+    index = folder / "index.html"
+    index.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"><title>SOD trajectories</title></head>'
+                     '<body style="font-family:system-ui,sans-serif"><h1>SOD trajectory pages</h1>'
+                     f"<ul>{links}</ul></body></html>\n", encoding="utf-8")
+    return index
