@@ -242,3 +242,18 @@ def test_a_teacher_with_another_tokenizer_shows_the_q_the_weights_used(tokenizer
     assert len(records) == 4
     for record in records:  # q_t spread over the student's tokens of each teacher span, as the weights saw it
         _assert_d_is_the_mean_gap(record)
+
+
+def test_the_python_examples_of_the_docs_run(tmp_path, monkeypatch, records):
+    from pathlib import Path
+
+    blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).resolve().parents[1] / "docs" / "viewer.md").read_text(),
+                        re.DOTALL)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    write_batch(records, tmp_path / "runs" / "my-run" / "trajectories", "train_step_000010")
+    for block in blocks:
+        exec(compile(block, "docs/viewer.md", "exec"), {})
+    assert "Recoveries at step 10" in (tmp_path / "recovered.html").read_text()
+    toy = read_jsonl(tmp_path / "pages" / "toy_student.jsonl")
+    assert len(toy) == 4 and all(record["tokens"]["ids"] for record in toy)

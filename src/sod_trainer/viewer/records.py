@@ -55,8 +55,15 @@ def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
         return []
     window = 4
     kwargs = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
-    before = tokenizer.batch_decode([ids[max(0, i - window):i] for i in range(len(ids))], **kwargs)
-    upto = tokenizer.batch_decode([ids[max(0, i - window):i + 1] for i in range(len(ids))], **kwargs)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer: decode in Rust, no per-id checks
+    if backend is not None:
+        def batch_decode(sequences):
+            return backend.decode_batch(sequences, skip_special_tokens=False)
+    else:
+        def batch_decode(sequences):
+            return tokenizer.batch_decode(sequences, **kwargs)
+    before = batch_decode([ids[max(0, i - window):i] for i in range(len(ids))])
+    upto = batch_decode([ids[max(0, i - window):i + 1] for i in range(len(ids))])
     pieces = []
     for i, (head, full) in enumerate(zip(before, upto)):
         # a window cut inside a character starts with U+FFFD; an incomplete one at the context's end ends with it

@@ -256,5 +256,6 @@
     apply: applyFilters
   };
   applyFilters();
+  window.sodViewerReadyMs = performance.now();  // since navigation started: what the benchmark reads
   document.body.dataset.ready = "1";
 })();
