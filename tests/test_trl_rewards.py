@@ -19,6 +19,7 @@ from conftest import make_tiny_model
 from scripted import ScriptedBackend
 from sod_trainer import SODConfig, SODTrainer
 from sod_trainer.environments import PythonToolEnvironment
+from test_trl_environments import qwen3, qwen3_base  # noqa: F401 - fixtures: Qwen3's own chat template
 
 RIGHT = "<think>\nOne of three parts.\n</think>\nThe answer is \\boxed{\\frac{1}{3}}."
 WRONG = "The answer is \\boxed{\\frac{1}{3}}."
@@ -32,12 +33,13 @@ def make_trainer(tokenizer, tmp_path, reward_funcs, rows=ROWS, scripts=SCRIPTS, 
     config = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
                   max_completion_length=96, max_tool_calling_iterations=3, max_steps=2, learning_rate=1e-3,
                   report_to=[], use_cpu=True, save_strategy="no", seed=0, logging_steps=1, log_completions=True)
-    reward_processing_classes = overrides.pop("reward_processing_classes", None)
+    trainer_kwargs = {key: overrides.pop(key) for key in ("reward_processing_classes", "environment_factory")
+                      if key in overrides}
     config.update(overrides)
     trainer = SODTrainer(model=make_tiny_model(tokenizer, seed=0),
                          teacher_model=make_tiny_model(tokenizer, hidden=96, seed=1), args=SODConfig(**config),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         reward_funcs=reward_funcs, reward_processing_classes=reward_processing_classes)
+                         reward_funcs=reward_funcs, **trainer_kwargs)
     trainer.rollout_engine.backend = ScriptedBackend(tokenizer, scripts)
     return trainer
 
@@ -257,3 +259,34 @@ def test_metric_names_are_trls_where_the_concept_is_the_same(tokenizer, tmp_path
     assert log["tools/call_frequency"] == 0.5 and log["tools/failure_frequency"] == 0.0
     samples = trainer.completion_samples()
     assert log["num_tokens"] == sum(len(s["prompt_ids"]) + sum(s["assistant_mask"]) for s in samples)
+
+
+def test_tool_calling_completions_are_the_messages_trl_builds(qwen3, tmp_path):
+    """A TRL environment on Qwen3's template: the parsed assistant message (with its tool_calls), one tool message
+    per call, the next assistant message; environments= holds the user's objects; get_reward is a source."""
+    from test_trl_environments import IncrementEnv, call
+
+    seen = {}
+
+    def record(completions, environments, **kwargs):
+        seen["completions"], seen["environments"] = completions, environments
+        return [0.5] * len(completions)
+
+    rows = [{"prompt": [{"role": "user", "content": "alpha: reach 5."}], "target": 5}]
+    scripts = {"alpha:": [call("increment", a=2) + "\n" + call("increment", a=3), "Done."]}
+    trainer = make_trainer(qwen3, tmp_path, [record], rows=rows, scripts=scripts, max_steps=1,
+                           per_device_train_batch_size=2, max_completion_length=200,
+                           environment_factory=IncrementEnv)
+    assert trainer.reward_func_names == ["record", "IncrementEnv"]
+    trainer.train()
+    completion = seen["completions"][0]
+    assert [m["role"] for m in completion] == ["assistant", "tool", "tool", "assistant"]
+    calls = [c["function"] for c in completion[0]["tool_calls"]]
+    assert calls == [{"name": "increment", "arguments": {"a": 2}}, {"name": "increment", "arguments": {"a": 3}}]
+    assert completion[1:3] == [{"role": "tool", "name": "increment", "content": "2"},
+                               {"role": "tool", "name": "increment", "content": "5"}]
+    assert completion[3]["content"] == "Done."
+    assert all(type(e) is IncrementEnv for e in seen["environments"])
+    assert trainer.completion_samples()[0]["rewards"] == {"record": 0.5, "IncrementEnv": 1.0}
+    log = trainer.state.log_history[0]
+    assert log["tools/call_frequency"] == 2.0 and log["tools/failure_frequency"] == 0.0
