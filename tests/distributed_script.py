@@ -189,6 +189,11 @@ def main(argv=None) -> int:
         "grad_norms": [entry.get("grad_norm") for entry in logs],
         "rewards": [entry.get("reward") for entry in logs],
         "steps_per_trajectory": [entry.get("steps_per_trajectory") for entry in logs],
+        # TRL's metrics over the whole batch (gathered from every process)
+        "trl_metrics": [{key: entry.get(key) for key in ("reward_std", "frac_reward_zero_std", "num_tokens",
+                                                         "completions/mean_length", "completions/max_length",
+                                                         "tools/call_frequency", "tools/failure_frequency")}
+                        for entry in logs],
         "unaligned_tokens": [entry.get("teacher/unaligned_tokens") for entry in logs],
         "cross_tokenizer": type(trainer.scorer.teacher).__name__ == "CrossTokenizerTeacher",
         "global_step": trainer.state.global_step,

@@ -103,6 +103,9 @@ def assert_same_training(single: dict, launched: dict, name: str) -> None:
         assert launched[key] == pytest.approx(single[key], rel=RTOL, abs=ATOL), f"{name} {key}"
     assert launched["rewards"] == pytest.approx(single["rewards"])
     assert launched["steps_per_trajectory"] == pytest.approx(single["steps_per_trajectory"])
+    if "trl_metrics" in single:  # gathered over processes, as TRL: the same numbers as one process
+        for one, two in zip(single["trl_metrics"], launched["trl_metrics"]):
+            assert two == pytest.approx(one), f"{name} TRL metrics"
     assert launched["trainable_checksum"] == pytest.approx(single["trainable_checksum"], rel=RTOL)
 
 
