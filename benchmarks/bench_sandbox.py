@@ -4,6 +4,11 @@
     python benchmarks/bench_sandbox.py --quick    # fewer calls
 
 Targets (issue 3, on a 2-core machine): stateless trivial-call p50 <= 30 ms and >= 60 calls/s.
+
+The "layers" table (issue 15) shows what each protection costs per stateless call: the same trivial call with
+all layers, without the cgroup, without seccomp, and without both (interleaved round by round, so that a
+changing load hits every variant alike), and bubblewrap alone (``true`` as the program) with the filesystem
+allowlist against the former layout (the host's ``/`` bound read-only).
 """
 
 from __future__ import annotations
@@ -131,6 +136,41 @@ def bench_persistent(config: SandboxConfig, calls: int, concurrency: int) -> dic
             session.close()
 
 
+def bench_layers(calls: int) -> list[dict]:
+    """p50 of a trivial stateless call per layer variant, and bwrap alone: allowlist vs. the former ``/`` bind."""
+    import warnings
+
+    from sod_trainer.environments.sandbox import _plan_for
+
+    variants = {"all layers": {}, "no cgroup": {"cgroup": "off"}, "no seccomp": {"seccomp": "off"},
+                "no seccomp, no cgroup": {"seccomp": "off", "cgroup": "off"}}
+    sandboxes = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, extra in variants.items():
+            sandboxes[name] = PythonSandbox(SandboxConfig(timeout_s=10.0, **extra))
+            for _ in range(3):
+                sandboxes[name].run(TRIVIAL)
+    plan = _plan_for(SandboxConfig(timeout_s=10.0))
+    namespaces = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
+    bwrap_only = {
+        "bwrap alone, allowlist": [plan.bwrap_prefix[0], *plan.bwrap_prefix[1:], "/usr/bin/true"],
+        "bwrap alone, / read-only (before)": [plan.bwrap_prefix[0], "--ro-bind", "/", "/", *namespaces,
+                                             "--dev", "/dev", "--proc", "/proc", "/usr/bin/true"],
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in [*variants, *bwrap_only]}
+    for _ in range(calls):
+        for name, sandbox in sandboxes.items():
+            latencies[name].append(timed(lambda: sandbox.run(TRIVIAL)))
+        for name, argv in bwrap_only.items():
+            start = time.perf_counter()
+            subprocess.run(argv, check=True)
+            latencies[name].append(time.perf_counter() - start)
+    return [{"case": name, "calls": len(values), "p50_ms": 1000 * statistics.median(values),
+             "p95_ms": 1000 * percentile(values, 95), "min_ms": 1000 * min(values)}
+            for name, values in latencies.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200, help="calls per case")
@@ -153,6 +193,7 @@ def main() -> None:
             bench_persistent(config, calls * 5, 1),
             bench_persistent(config, max(calls, 2 * args.concurrency) * 5, args.concurrency),
         ]
+        layers = bench_layers(max(20, calls // 2)) if isolation != "rlimits" else []
     finally:
         CPU.close()
     try:
@@ -163,7 +204,7 @@ def main() -> None:
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "isolation": isolation, "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0], "platform": platform.platform(), "bwrap": bwrap,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "targets": {"stateless_p50_ms": 30, "stateless_calls_per_s": 60}, "results": rows,
+        "targets": {"stateless_p50_ms": 30, "stateless_calls_per_s": 60}, "results": rows, "layers": layers,
     }
     header = (f"{'case':<11} {'concurrency':>11} {'calls':>6} {'p50 ms':>8} {'p95 ms':>8} {'min ms':>7} "
               f"{'calls/s':>9} {'CPU ms/call':>12} {'idle calls/s':>13}")
@@ -178,6 +219,11 @@ def main() -> None:
               f"{row['p95_ms']:>8.1f} {row['min_ms']:>7.1f} {row['calls_per_s']:>9.1f} {cpu:>12} {idle:>13}")
     print("CPU ms/call: CPU time of the trainer, bwrap and the sandbox per call (cgroup cpuacct); idle calls/s: "
           "what that cost allows on this many idle cores.")
+    if layers:
+        print(f"\n{'layers (stateless, one at a time, interleaved)':<48} {'calls':>6} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'min ms':>7}")
+        for row in layers:
+            print(f"{row['case']:<48} {row['calls']:>6} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['min_ms']:>7.1f}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {args.output}")

@@ -89,7 +89,68 @@ HOSTILE_PROGRAMS: dict[str, str] = {
         "    sys.stdout.write(chunk)\n"
         "print('end of flood')\n"
     ),
+    # issue 15: 1,500 nested directories, to break the clean-up (it used to raise RecursionError out of run_code)
+    "deep_tree": (
+        "import os\n"
+        "fd = os.open('.', os.O_RDONLY)\n"
+        "for _ in range(1500):\n"
+        "    os.mkdir('d' * 100, dir_fd=fd)\n"
+        "    child = os.open('d' * 100, os.O_RDONLY, dir_fd=fd)\n"
+        "    os.close(fd)\n"
+        "    fd = child\n"
+        "print('deep tree made')\n"
+    ),
+    # issue 15: three forked children hold 200 MiB each, under the per-process limit, over memory_mb (512) together
+    "memory_split": (
+        "import os, time\n"
+        "children = []\n"
+        "for _ in range(3):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        hoard = b'x' * (200 << 20)\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    children.append(pid)\n"
+        "for pid in children:\n"
+        "    os.waitpid(pid, 0)\n"
+        "print('all children held their memory')\n"
+    ),
+    # issue 15: every way out the second pass closed; exits 0 (a success) only if one of them worked
+    "escape_attempts": (
+        "import ctypes, os, platform, socket\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "escaped = []\n"
+        "if libc.unshare(0x10000000) == 0:\n"
+        "    escaped.append('user namespace')\n"
+        "if libc.syscall(425, 4, ctypes.create_string_buffer(120)) >= 0:\n"
+        "    escaped.append('io_uring')\n"
+        "if platform.machine() == 'x86_64' and libc.syscall(248, b'user', b'{marker}', b'note', 4, ctypes.c_int(-4)) >= 0:\n"
+        "    escaped.append('keyring')\n"
+        "for family in ('AF_VSOCK', 'AF_NETLINK', 'AF_PACKET'):\n"
+        "    try:\n"
+        "        socket.socket(getattr(socket, family), socket.SOCK_RAW if family != 'AF_VSOCK' else socket.SOCK_STREAM).close()\n"
+        "        escaped.append(family)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "for path in ('{output_dir}', '/run', '/var', '/home'):\n"
+        "    if os.path.exists(path):\n"
+        "        escaped.append(path)\n"
+        "print('escaped:', escaped)\n"
+        "raise SystemExit(0 if escaped else 1)\n"
+    ),
+    # issue 15 (run in a persistent worker): a fake success line on every descriptor, then a failure
+    "forged_status": (
+        "import os\n"
+        "for fd in range(3, 64):\n"
+        "    for line in (b'{\"status\": 0}\\n', b'1 0 ' + b'0' * 64 + b'\\n'):\n"
+        "        try:\n"
+        "            os.write(fd, line)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "raise ValueError('this cell failed')\n"
+    ),
 }
+PERSISTENT_KINDS = {"forged_status"}  # run in a persistent worker of their own, not the stateless sandbox
 
 # What a contained hostile call looks like, per kind (checked by tests/test_soak.py):
 #   error: the tool result is a failure; timed_out: it hit the deadline;
@@ -103,6 +164,10 @@ EXPECTED: dict[str, str] = {
     "spawn_storm": "error",
     "daemon": "returned",  # its main process exits 0; the daemon must be gone when the call returns
     "huge_output": "truncated_or_timed_out",
+    "deep_tree": "returned",  # exits 0; the check is that the call returns and nothing of it is left
+    "memory_split": "error",  # the sandbox is killed as a whole at memory_mb
+    "escape_attempts": "error",  # exits 1 when every attempt was refused
+    "forged_status": "error",  # the forged line is rejected: the cell is an error, not a success
 }
 
 
@@ -146,8 +211,9 @@ def resident_mib() -> dict[str, float]:
 class Ledger:
     """Counts and records tool calls; shared by every environment of the run (thread-safe)."""
 
-    def __init__(self, marker: str):
+    def __init__(self, marker: str, output_dir: str = "/nonexistent"):
         self.marker = marker
+        self.output_dir = output_dir
         self.lock = threading.Lock()
         self.ids = itertools.count()
         self.step = 0
@@ -195,9 +261,18 @@ class HostileToolEnvironment(ToolEnvironment):
             return result
         kind = self.rng.choice(sorted(HOSTILE_PROGRAMS))
         marker = f"{self.ledger.marker}-{next(self.ledger.ids)}"
-        program = HOSTILE_PROGRAMS[kind].replace("{marker}", marker)
+        program = HOSTILE_PROGRAMS[kind].replace("{marker}", marker).replace("{output_dir}", self.ledger.output_dir)
         started = time.monotonic()
-        result = self.inner.step(f"```python\n{program}```")
+        if kind in PERSISTENT_KINDS:
+            worker = PythonToolEnvironment(sandbox=self.inner.sandbox, persistent=True,
+                                           max_tool_response_chars=self.inner.max_tool_response_chars)
+            try:
+                worker.step("```python\nx = 1\n```")  # a cell before: the forgery has a history to shift
+                result = worker.step(f"```python\n{program}```")
+            finally:
+                worker.close()
+        else:
+            result = self.inner.step(f"```python\n{program}```")
         elapsed = time.monotonic() - started
         survivors = processes_with(marker)  # the sandbox promises: nothing of the call is left once it returns
         metadata = result.metadata
@@ -205,6 +280,7 @@ class HostileToolEnvironment(ToolEnvironment):
             "kind": kind, "step": self.ledger.step, "error": bool(result.error),
             "timed_out": bool(metadata.get("timed_out")), "exit_code": metadata.get("exit_code"),
             "signal": metadata.get("signal"), "output_truncated": bool(metadata.get("output_truncated")),
+            "memory_exceeded": bool(metadata.get("memory_exceeded")),
             "isolation": metadata.get("isolation"), "seconds": round(elapsed, 3),
             "observation_chars": len(result.observation or ""), "observation_tail": (result.observation or "")[-80:],
             "survivors": survivors,
@@ -240,7 +316,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     torch.set_num_threads(1)  # a 2 M-parameter model is overhead-bound; the tool processes need the cores
     me = psutil.Process()
-    sandbox_config = SandboxConfig(timeout_s=args.tool_timeout, isolation="bwrap")  # never run unprotected
+    # never run unprotected; 512 MiB, so that three children of 200 MiB are over it (the memory_split kind)
+    sandbox_config = SandboxConfig(timeout_s=args.tool_timeout, isolation="bwrap", memory_mb=512)
     sandbox = PythonSandbox(sandbox_config)
     isolation = sandbox.isolation
 
@@ -256,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=args.seed, disable_tqdm=True,
         bf16=False, fp16=False, max_prompt_length=None, dataloader_num_workers=0,
     )
-    ledger = Ledger(args.marker)
+    ledger = Ledger(args.marker, os.path.abspath(args.output_dir))
     curve: list[dict[str, Any]] = []
     logs_by_step: dict[int, dict[str, Any]] = {}
 

@@ -114,8 +114,8 @@ def test_memory_split_across_children_is_killed_as_a_whole(temp_root):
     assert "all held" not in result.stdout
     assert result.error and not result.timed_out and result.metadata["memory_exceeded"]
     assert "exceeded memory_mb=512" in result.stderr
-    assert result.duration_s < 15  # killed when the limit was hit, not at the deadline
-    assert_contained(sandbox, temp_root, result, started)
+    # killed when the limit was hit, not at the 20 s deadline (allocating 900 MiB is slow on a loaded machine)
+    assert_contained(sandbox, temp_root, result, started, max_s=15.0)
 
 
 # ------------------------------------------------------------------------------ the host filesystem
@@ -332,7 +332,7 @@ def test_a_probe_failure_other_than_namespaces_is_an_error_not_a_fallback(temp_r
     monkeypatch.setattr(sandbox_module, "_plans", {})
     real = sandbox_module._bwrap_prefix
     monkeypatch.setattr(sandbox_module, "_bwrap_prefix",
-                        lambda *a: (("--no-such-bwrap-option", *real(*a)[0]), real(*a)[1]))
+                        lambda *a, **k: (("--no-such-bwrap-option", *real(*a, **k)[0]), real(*a, **k)[1]))
     with pytest.raises(RuntimeError, match="(?s)could not start although bubblewrap can create namespaces.*"
                                            "no-such-bwrap-option"):
         PythonSandbox(SandboxConfig(temp_root=str(temp_root))).run("1")

@@ -8,7 +8,7 @@ call came back contained, and training finished every step with finite losses.
 
 Slow (about 10 minutes on a 2-core machine): ``pytest -m slow tests/test_soak.py -s`` prints the
 memory curve; ``SOD_SOAK_OUT=DIR`` also copies the curve (JSON) and its plot (PNG) there;
-``SOD_SOAK_STEPS=N`` shortens the run for experiments.
+``SOD_SOAK_STEPS=N`` shortens the run for experiments; ``SOD_SOAK_TIMEOUT_S`` (default 1500) bounds it.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ TOOL_TIMEOUT_S = 1.0
 SLACK_S = 3.0  # a contained call returns within timeout + kill grace + this (a loaded 2-core machine)
 MAX_RSS_GROWTH = 0.10
 BASELINE_STEP = min(20, max(1, STEPS // 2))
+RUN_TIMEOUT_S = int(os.environ.get("SOD_SOAK_TIMEOUT_S", "1500"))  # raise it on a machine shared with other jobs
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(1800),
+    pytest.mark.timeout(RUN_TIMEOUT_S + 300),
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed"),
 ]
 
@@ -107,6 +108,7 @@ def hostile_summary(hostile: list[dict]) -> dict[str, dict]:
             "output_truncated": sum(call["output_truncated"] for call in calls),
             "mean_seconds": round(sum(seconds) / len(seconds), 3), "max_seconds": max(seconds),
             "survivors": sum(len(call["survivors"]) for call in calls),
+            "memory_exceeded": sum(call.get("memory_exceeded", False) for call in calls),
         }
     return summary
 
@@ -164,7 +166,7 @@ def test_soak_hostile_tool_calls(tmp_path):
         [sys.executable, str(REPO_ROOT / "tests" / "soak.py"), str(report_path), "--steps", str(STEPS),
          "--rate", str(RATE), "--tool-timeout", str(TOOL_TIMEOUT_S), "--marker", marker,
          "--output-dir", str(tmp_path / "trainer")],
-        check=False, env=env, cwd=tmp_path, timeout=1500, stdin=subprocess.DEVNULL,
+        check=False, env=env, cwd=tmp_path, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL,
     )
     wall_s = time.monotonic() - started
     assert completed.returncode == 0, "the soak run failed (its output is above)"
@@ -181,10 +183,11 @@ def test_soak_hostile_tool_calls(tmp_path):
         if entry["step"] % 10 == 0 or entry["step"] in (1, BASELINE_STEP):
             print(f"  {entry['step']:4d}  {entry['rss_mib']:8.1f}  ({entry['anon_mib']:8.1f})  {entry['open_fds']:3d}  "
                   f"{entry['hostile']:7d}  {entry['tool_calls']:10d}  {entry['tool_errors']:8d}")
-    print("  hostile kind    calls  errors  timed out  truncated  mean s  max s  left alive")
+    print("  hostile kind     calls  errors  timed out  truncated  over memory  mean s  max s  left alive")
     for kind, row in hostile_summary(hostile).items():
-        print(f"  {kind:14s} {row['calls']:6d}  {row['tool_errors']:6d}  {row['timed_out']:9d}  "
-              f"{row['output_truncated']:9d}  {row['mean_seconds']:6.2f}  {row['max_seconds']:5.2f}  {row['survivors']:10d}")
+        print(f"  {kind:15s} {row['calls']:6d}  {row['tool_errors']:6d}  {row['timed_out']:9d}  "
+              f"{row['output_truncated']:9d}  {row['memory_exceeded']:11d}  {row['mean_seconds']:6.2f}  "
+              f"{row['max_seconds']:5.2f}  {row['survivors']:10d}")
     report["wall_s"] = round(wall_s, 1)
     saved = save_curve(report, tmp_path / "soak")
     if os.environ.get("SOD_SOAK_OUT"):

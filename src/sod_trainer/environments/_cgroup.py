@@ -20,6 +20,7 @@ how to get them (``systemd-run --scope -p Delegate=yes``, or a container where t
 
 from __future__ import annotations
 
+import atexit
 import errno
 import itertools
 import logging
@@ -69,6 +70,10 @@ class CgroupSupport:
     version: str | None
     parents: tuple[str, ...] = ()  # v1: (memory parent, pids parent); v2: (parent,)
     reason: str = ""
+    # Whether the sandbox may have a cgroup namespace of its own: its root is the trainer's group, and a
+    # process may only move into a group below its namespace's root -- not so when the trainer moved
+    # into a leaf beside the sandboxes' groups (v2).
+    cgroupns: bool = True
 
     @property
     def available(self) -> bool:
@@ -123,6 +128,7 @@ def _detect_v2(path: str, tag: str) -> CgroupSupport:
     missing = [c for c in ("memory", "pids") if c not in available]
     if missing:
         return CgroupSupport(None, reason=f"cgroup v2 group {own} is not given the {'/'.join(missing)} controller")
+    moved = False
     try:
         _write(os.path.join(own, "cgroup.subtree_control"), "+memory +pids")
     except OSError as error:
@@ -139,9 +145,10 @@ def _detect_v2(path: str, tag: str) -> CgroupSupport:
         os.makedirs(leaf, exist_ok=True)
         _write(os.path.join(leaf, "cgroup.procs"), "0")  # the trainer moves into a leaf of its own group
         _write(os.path.join(own, "cgroup.subtree_control"), "+memory +pids")
+        moved = True
     parent = _make_parent(own, tag)
     _write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
-    return CgroupSupport("v2", (parent,))
+    return CgroupSupport("v2", (parent,), cgroupns=not moved)
 
 
 def detect() -> CgroupSupport:
@@ -171,7 +178,20 @@ def support() -> CgroupSupport:
         found = _support.get(pid)
         if found is None:
             found = _support[pid] = detect()
+            if found.available:
+                atexit.register(_remove_parents, found, pid)
         return found
+
+
+def _remove_parents(where: CgroupSupport, pid: int) -> None:
+    """At exit: remove this trainer's (empty) parent groups; what is still busy is swept by the next trainer."""
+    if os.getpid() != pid:
+        return
+    for parent in where.parents:
+        try:
+            os.rmdir(parent)
+        except OSError:
+            pass
 
 
 class CallGroup:
@@ -186,7 +206,13 @@ class CallGroup:
         try:
             for parent in where.parents:
                 path = os.path.join(parent, name)
-                os.mkdir(path)
+                try:
+                    os.mkdir(path)
+                except FileNotFoundError:  # the parent was removed under us (a sweep that took us for dead)
+                    os.makedirs(parent, exist_ok=True)
+                    if self.version == "v2":
+                        _write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
+                    os.mkdir(path)
                 self.dirs.append(path)
             if self.version == "v1":
                 memory, pids = self.dirs

@@ -171,10 +171,11 @@ def etc_contents() -> tuple[tuple[str, bytes], ...]:
     return tuple(found)
 
 
-def _bwrap_prefix(config: SandboxConfig, python: str, as_root: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _bwrap_prefix(config: SandboxConfig, python: str, as_root: bool,
+                  cgroupns: bool = True) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(bwrap options shared by every call, the host paths they make visible)."""
     args = ["--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-            "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+            "--unshare-uts", *(["--unshare-cgroup-try"] if cgroupns else []), "--hostname", "sandbox"]
     if not as_root:
         args.append("--unshare-user")
     bound: list[str] = []

@@ -81,7 +81,9 @@ class PythonToolEnvironment(ToolEnvironment):
             metadata={"exit_code": result.exit_code, "timed_out": result.timed_out,
                       "duration_s": result.duration_s, "isolation": result.isolation,
                       "signal": result.signal, "output_truncated": result.output_truncated,
-                      "state_reset": result.state_reset, "persistent": self.persistent},
+                      "state_reset": result.state_reset, "persistent": self.persistent,
+                      "memory_exceeded": bool(result.metadata.get("memory_exceeded")),
+                      "control_channel_forged": bool(result.metadata.get("control_channel_forged"))},
         )
 
     def close(self) -> None:

@@ -144,7 +144,7 @@ def _make_plan(config: SandboxConfig) -> _Plan:
             program, seccomp_reason = (None, "seccomp='off'") if config.seccomp == "off" else seccomp_program()
             if program is None and config.seccomp == "require":
                 raise RuntimeError(f"SandboxConfig.seccomp='require' but {seccomp_reason}.")
-            prefix, visible = _bwrap_prefix(config, python, as_root)
+            prefix, visible = _bwrap_prefix(config, python, as_root, cgroup.cgroupns)
             tmp_binds = tuple(p for p in layout if _is_within(p, "/tmp") and p != "/tmp")
             plan = _Plan("bwrap" if as_root else "bwrap-userns", python, as_root, (bwrap, *prefix),
                          site_paths=tuple(site_paths), tmp_binds=tmp_binds, seccomp=program,
