@@ -1,4 +1,5 @@
-"""The ``sod`` command: ``sod train``, ``sod eval``, ``sod demo``, ``sod env``.
+"""The ``sod`` command: ``sod train``, ``sod eval``, ``sod demo``, ``sod inspect``, ``sod env``, ``sod ablate``
+(one table, :data:`COMMANDS`).
 
 ``sod train --config recipe.yaml [--field value ...]`` works like ``trl grpo``: the YAML sets the defaults
 of the script, ``SODConfig``, ``ModelConfig`` and launch dataclasses (see :mod:`sod_trainer.scripts.train`),
@@ -15,19 +16,11 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["main", "build_launch_command", "split_launcher_flags", "print_env"]
-
-COMMANDS = {
-    "train": "Train with SOD from a YAML recipe (TRL style: --config recipe.yaml, flags override).",
-    "eval": "Evaluate a model with tools (avg@k / pass@k / maj@k) on the paper's benchmarks.",
-    "demo": "The offline toy world end to end: teacher, cold-start student, SOD training, before/after evaluation, in minutes on a CPU.",
-    "inspect": "Render saved rollouts (a run's output dir or a .jsonl) to the trajectory viewer page; prints its path.",
-    "env": "Print the versions of the stack, to paste into a bug report.",
-    "ablate": "A seeded grid of objectives x seeds x toy worlds (resumable): ablation.json, a table with paired intervals, plots.",
-}
-
+__all__ = ["COMMANDS", "Command", "main", "build_launch_command", "split_launcher_flags", "print_env"]
 
 def _version(package: str) -> str:
     try:
@@ -251,6 +244,37 @@ def print_env() -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _env(rest: list[str]) -> int:
+    if rest and rest[0] in ("-h", "--help"):
+        print("usage: sod env\n\n" + COMMANDS["env"].help)
+        return 0
+    return print_env()
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``sod`` subcommand: its one-line help, and what runs it: a function of the remaining argv, or the name
+    of a module with ``main(argv)``, imported only when the command is used."""
+
+    help: str
+    run: Callable[[list[str]], int] | str
+
+
+# Every subcommand, in the order `sod --help` lists them. A new one is one entry here.
+COMMANDS: dict[str, Command] = {
+    "train": Command("Train with SOD from a YAML recipe (TRL style: --config recipe.yaml, flags override).", _train),
+    "eval": Command("Evaluate a model with tools (avg@k / pass@k / maj@k) on the paper's benchmarks.",
+                    "sod_trainer.evaluation"),
+    "demo": Command("The offline toy world end to end: teacher, cold-start student, SOD training, before/after "
+                    "evaluation, in minutes on a CPU.", "sod_trainer.toy.demo"),
+    "inspect": Command("Render saved rollouts (a run's output dir or a .jsonl) to the trajectory viewer page; prints "
+                       "its path.", "sod_trainer.viewer.inspect_cli"),
+    "env": Command("Print the versions of the stack, to paste into a bug report.", _env),
+    "ablate": Command("A seeded grid of objectives x seeds x toy worlds (resumable): ablation.json, a table with "
+                      "paired intervals, plots.", "sod_trainer.ablation"),
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sod", description="Step-wise on-policy distillation (SOD) for tool-using small language models.",
@@ -258,8 +282,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sod-trainer {_sod_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
-    for name, help_text in COMMANDS.items():
-        subparsers.add_parser(name, help=help_text, add_help=False)
+    for name, command in COMMANDS.items():
+        subparsers.add_parser(name, help=command.help, add_help=False)
     return parser
 
 
@@ -270,21 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv or ["--help"])  # prints help / version / the unknown-command error and exits
         return 2
-    command, rest = argv[0], argv[1:]
-    if command == "train":
-        return _train(rest)
-    if command == "eval":
-        return _delegate("sod_trainer.evaluation", rest, "eval")
-    if command == "demo":
-        return _delegate("sod_trainer.toy.demo", rest, "demo")
-    if command == "ablate":
-        return _delegate("sod_trainer.ablation", rest, "ablate")
-    if command == "inspect":
-        return _delegate("sod_trainer.viewer.inspect_cli", rest, "inspect")
-    if rest and rest[0] in ("-h", "--help"):
-        print("usage: sod env\n\n" + COMMANDS["env"])
-        return 0
-    return print_env()
+    command, rest = COMMANDS[argv[0]], argv[1:]
+    if isinstance(command.run, str):
+        return _delegate(command.run, rest, argv[0])
+    return command.run(rest)
 
 
 if __name__ == "__main__":

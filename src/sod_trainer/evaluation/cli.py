@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> EvaluationReport:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    reward_funcs = default_reward_funcs(dataset, strict=args.strict, timeout_s=args.tool_timeout)
+    reward_funcs = default_reward_funcs(dataset, strict=args.strict, timeout_s=config.tool_timeout)
     return evaluate(model, tokenizer, dataset, config=config, reward_funcs=reward_funcs, benchmark=benchmark,
                     model_name=args.model, output_dir=args.output_dir, print_table=True)
 
