@@ -153,7 +153,8 @@ class FunctionTools:
                 "The processing_class's chat template cannot render a tool-calling conversation (user -> assistant "
                 "with tool_calls -> tool), which TRL environments and tools=[...] need. Use the model family's "
                 "instruct template (e.g. trl.chat_template_utils.qwen3_chat_template).")
-        if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
+        has_parser = any(getattr(tokenizer, name, None) is not None for name in ("response_template", "response_schema"))
+        if not has_parser:
             try:
                 add_response_schema(tokenizer)
             except ValueError as error:
