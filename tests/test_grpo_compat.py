@@ -216,3 +216,27 @@ def test_private_trl_imports_keep_the_trl_pin_tight_and_are_listed_in_the_docs()
         docs = PAGE.read_text().split("## Which TRL version")[1]
         for name in private:
             assert f"`{name}`" in docs, f"docs/coming_from_trl.md does not list the private TRL import {name}"
+
+
+def test_the_grpo_scripts_config_runs_unchanged_in_sodconfig_on_the_docs_page(tmp_path):
+    """The side-by-side scripts of docs/coming_from_trl.md: every GRPOConfig argument of the TRL script is
+    accepted by SODConfig with the same value, and the two scripts differ only where the page says."""
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.DOTALL)
+    grpo = next(block for block in blocks if "GRPOTrainer(" in block)
+    sod = next(block for block in blocks if "SODTrainer(" in block)
+
+    def call_keywords(source: str, name: str) -> dict:
+        call = next(node for node in ast.walk(ast.parse(source))
+                    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == name)
+        return {keyword.arg: ast.unparse(keyword.value) for keyword in call.keywords}
+
+    grpo_config, sod_config = call_keywords(grpo, "GRPOConfig"), call_keywords(sod, "SODConfig")
+    assert set(sod_config) - set(grpo_config) == {"teacher_model_name_or_path"}  # the teacher is what SOD adds
+    assert {k: v for k, v in grpo_config.items() if k != "output_dir"} == \
+        {k: v for k, v in sod_config.items() if k not in ("output_dir", "teacher_model_name_or_path")}
+    assert call_keywords(grpo, "GRPOTrainer") == call_keywords(sod, "SODTrainer")  # same trainer arguments
+    values = {key: ast.literal_eval(value) for key, value in grpo_config.items()}
+    values.update(output_dir=str(tmp_path), use_cpu=True, push_to_hub=False)  # no Hub from a test
+    config = SODConfig(**values)
+    assert (config.num_generations, config.max_completion_length, config.learning_rate) == (8, 4096, 1e-6)
+    assert grpo.splitlines()[-1] == sod.splitlines()[-1]  # the same push_to_hub(dataset_name=...) call
