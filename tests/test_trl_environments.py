@@ -523,3 +523,35 @@ def test_standalone_evaluation_refuses_a_trl_environment_and_names_the_way_that_
     rows = [{"prompt": [{"role": "user", "content": "q"}], "answer": "1", "target": 1}]
     with pytest.raises(ValueError, match=r"TRL-style environment .*SODTrainer\(.*\)\.evaluate\(\)"):
         evaluate(None, qwen3, rows, backend=ScriptedBackend(qwen3, {}), environment_factory=IncrementEnv)
+
+
+def test_async_tools_and_an_async_get_reward_are_awaited(qwen3):
+    from sod_trainer.environments.function_tools import FunctionTools
+    from sod_trainer.rollout.adapters import TurnInput
+
+    async def add(a: int, b: int) -> int:
+        """
+        Adds two integers.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+        """
+        return a + b
+
+    class JudgedEnv(IncrementEnv):
+        async def get_reward(self) -> float:
+            return float(self._counter)
+
+    setup = FunctionTools(qwen3, JudgedEnv, tools=[add])
+    environment = setup()
+    environment.reset(target=3)
+    prompt = qwen3.apply_chat_template([{"role": "user", "content": "q"}], tools=environment.tools,
+                                       add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = encode(qwen3, call("add", a=1, b=2) + "\n" + call("increment", a=3) + EOS)
+    turn = TurnInput(text="", token_ids=ids, context_ids=list(prompt), ended_with_eos=True, final=False)
+    result = environment.step(turn)
+    assert [m["content"] for m in result.metadata["tool_messages"]] == ["3", "3"] and not result.error
+    assert qwen3.decode(environment.observation_ids(result, turn)) == tool_glue("3", "3")
+    [reward] = setup.reward_funcs
+    assert reward.__name__ == "JudgedEnv" and reward(environments=[environment.environment, None]) == [3.0, None]
