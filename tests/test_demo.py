@@ -69,3 +69,59 @@ def test_demo_cli_help():
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_quick_demo_writes_only_its_report_and_plots(quick_report):
+    report, output = quick_report
+    assert sorted(p.name for p in output.iterdir()) == sorted(["report.json", *report["plots"]])  # no trainer-sod/
+    assert sorted(report["plots"]) == ["divergence.png", "training_curve.png", "weights.png"]
+
+
+def test_demo_figures_say_what_they_show_in_which_unit_and_on_how_many_samples(quick_report):
+    from matplotlib.ticker import MaxNLocator
+
+    from sod_trainer.toy.plots import figures
+
+    report, _ = quick_report
+    drawn = figures(report)
+    for name, figure in drawn.items():
+        assert figure._suptitle is not None and figure._suptitle.get_text(), name
+        for ax in figure.axes:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+            if "step" in ax.get_xlabel() and name != "divergence.png":
+                locator = ax.xaxis.get_major_locator()
+                assert isinstance(locator, MaxNLocator) and locator._integer, (name, ax.get_title())
+                assert all(float(t).is_integer() for t in ax.get_xticks()), (name, ax.get_xticks())
+    units = " ".join(ax.get_ylabel() for figure in drawn.values() for ax in figure.axes)
+    assert "nats per token" in units and "per trajectory" in units and "dimensionless" in units
+    curve = drawn["training_curve.png"].axes
+    assert "per trajectory" in curve[1].get_ylabel()  # the table's unit too (tool failures / traj.)
+    assert "loss" in curve[2].get_title().lower() and "surrogate" in curve[2].get_title()
+    assert any("n=" in text.get_text() for text in curve[0].get_legend().get_texts())
+    bars = drawn["divergence.png"].axes[0]
+    counts = [t.get_text() for t in bars.texts]
+    expected = [report["diagnostics"]["before"]["by_context"][c]["n"] for c in ("first", "after_clean", "after_error")]
+    assert [(f"n={n}" if n else "no steps") in text for text, n in zip(counts, expected)] == [True, True, True]
+
+
+def test_toy_world_is_usable_from_python(tmp_path):
+    import sod_trainer.toy as toy
+    from sod_trainer import SODConfig, SODTrainer
+
+    dataset = toy.build_dataset(4, split="eval")
+    assert toy.toy_reward(None, ["\\boxed{" + dataset[0]["answer"] + "}"], [dataset[0]["answer"]]) == [1.0]
+    tokenizer, student, teacher = toy.load_toy_world()
+    assert student.config.vocab_size == teacher.config.vocab_size == len(tokenizer)
+    assert (toy.TOY_STUDENT, toy.TOY_TEACHER, toy.TOY_DATASET) == ("toy-student", "toy-teacher", "toy-arithmetic")
+    args = SODConfig(output_dir=str(tmp_path), num_generations=2, per_device_train_batch_size=2, report_to=[],
+                     use_cpu=True, max_steps=1)
+    trainer = SODTrainer(model="toy-student", teacher_model="toy-teacher", args=args, train_dataset=dataset,
+                         reward_funcs=[toy.toy_reward])
+    try:
+        assert len(trainer.processing_class) == len(tokenizer) and trainer.teacher_model is not None
+        assert trainer.model.config.num_hidden_layers == teacher.config.num_hidden_layers - 1
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="toy world's models go together"):
+        SODTrainer(model="toy-student", teacher_model=teacher, args=args, train_dataset=dataset,
+                   reward_funcs=[toy.toy_reward])

@@ -41,6 +41,12 @@ def test_docs_build_strict_and_api_pages_list_the_public_names(tmp_path):
     assert "step_weighting" in config_page and "Step weighting scheme." in config_page  # generated field table
     assert "Keep a Changelog" in (site / "changelog" / "index.html").read_text()  # CHANGELOG.md included
     assert (site / "images" / "weight_patterns.png").is_file()
+    # offline: equations are MathML written at build time, and no page loads a script, style or font from the web
+    concepts = (site / "concepts" / "index.html").read_text()
+    assert concepts.count("<math ") > 20 and 'class="arithmatex"' not in concepts and "\\(" not in concepts
+    for page in site.rglob("*.html"):
+        remote = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', page.read_text())
+        assert remote == [], (page, remote)
 
 
 def test_every_docs_page_is_reachable_from_the_nav():

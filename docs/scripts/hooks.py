@@ -99,3 +99,25 @@ def on_config(config):
 
 __all__ = ["fields_table", "on_page_markdown", "on_config", "unlisted_pages"]
 _ = typing  # keep the import for type names of postponed annotations
+
+
+# ---------------------------------------------------------------------------------------------- math, offline
+# pymdownx.arithmatex (generic) leaves \( ... \) and \[ ... \] in spans and divs of class "arithmatex"; they are
+# converted to MathML here, at build time (latex2mathml), so the equations render in any current browser without
+# JavaScript or a CDN: the site works offline.
+_INLINE_MATH = re.compile(r'<span class="arithmatex">\\\((.*?)\\\)</span>', re.DOTALL)
+_DISPLAY_MATH = re.compile(r'<div class="arithmatex">\\\[(.*?)\\\]</div>', re.DOTALL)
+
+
+def render_math(html: str) -> str:
+    """``html`` with every arithmatex span/div replaced by MathML (inline, or display="block")."""
+    import html as html_lib
+
+    from latex2mathml.converter import convert
+
+    html = _DISPLAY_MATH.sub(lambda m: convert(html_lib.unescape(m.group(1)).strip(), display="block"), html)
+    return _INLINE_MATH.sub(lambda m: convert(html_lib.unescape(m.group(1)).strip()), html)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    return render_math(html)

@@ -386,6 +386,7 @@ class RolloutScorer:
         metrics.update({
             "accuracy": float((scored > 0).float().mean()) if scored.numel() else float("nan"),
             "trajectories/mean_length": mean([t.completion_length for t in trajectories]),  # tool output included
+            "tools/failures_per_trajectory": mean([_tool_failures(t) for t in trajectories]),  # the demo table's unit
             "tools/timeouts_per_trajectory": mean([sum(bool(turn.metadata.get("timed_out")) for turn in t.turns)
                                                    for t in trajectories]),
             "tools/error_trajectory_ratio": mean([float(t.num_tool_errors > 0) for t in trajectories]),
@@ -416,6 +417,11 @@ class RolloutScorer:
             metrics[f"divergence/step_{k + 1}"] = value
         for k, value in enumerate(per_step_means(weights_per_step, valid, args.log_step_indices)):
             metrics[f"weights/step_{k + 1}"] = value
+        shown = min(args.log_step_indices, valid.shape[1])  # how many trajectories each step-k mean rests on
+        reaching = torch.zeros(args.log_step_indices, dtype=torch.float64, device=self.accelerator.device)
+        reaching[:shown] = valid[:, :shown].sum(0).to(device=reaching.device, dtype=torch.float64)
+        for k, value in enumerate(self.accelerator.reduce(reaching, reduction="sum").tolist()):
+            metrics[f"steps/reaching_{k + 1}"] = value
         labels = weight_patterns(weights_per_step, valid, args.pattern_threshold)
         for pattern in PATTERNS:
             metrics[f"patterns/{pattern}"] = mean([float(label == pattern) for label in labels])

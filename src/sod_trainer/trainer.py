@@ -164,8 +164,6 @@ class SODTrainer(Trainer):
             args = SODConfig(f"{str(name).split('/')[-1]}-SOD")
         if not isinstance(args, SODConfig):
             raise TypeError(f"args must be an SODConfig, got {type(args).__name__}.")
-        if isinstance(model, str):
-            model = _load_model(model, args.model_init_kwargs, args, "student")
         if teacher_model is not None and not isinstance(teacher_model, (str, torch.nn.Module)):
             raise TypeError(
                 f"teacher_model must be a model or a model name/path, got {teacher_model!r}. SODTrainer's second "
@@ -173,6 +171,13 @@ class SODTrainer(Trainer):
             )
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
+        if "toy-student" in (model, teacher_model) or "toy-teacher" in (model, teacher_model):
+            from .toy.models import resolve_toy_names  # the offline toy world's names, as in recipes
+
+            model, teacher_model, processing_class = resolve_toy_names(model, teacher_model, processing_class,
+                                                                       seed=args.seed)
+        if isinstance(model, str):
+            model = _load_model(model, args.model_init_kwargs, args, "student")
         if teacher_model is None and args.teacher_server_url is None and args.opd_coef != 0:
             raise ValueError("No teacher: pass teacher_model=..., or set teacher_model_name_or_path or "
                              "teacher_server_url in SODConfig (only opd_coef=0, plain GRPO, needs none).")

@@ -255,58 +255,10 @@ def make_parser(prog: str | None = None) -> SODParser:
 
 
 def _toy_world_models(seed: int):
-    """Tokenizer, student and teacher of the offline toy world: the shipped teacher when it was built,
-    else untrained tiny models of the same shapes (the run then only exercises the plumbing)."""
-    import torch
+    """Tokenizer, student and teacher of the offline toy world (:func:`sod_trainer.toy.load_toy_world`)."""
+    from sod_trainer.toy.models import load_toy_world
 
-    try:
-        from sod_trainer.toy import models as toy_models
-    except ImportError:  # the toy world without its models: conftest-style tiny Qwen3s
-        toy_models = None
-    tokenizer = None
-    teacher_dir = getattr(toy_models, "TEACHER_DIR", None)
-    trained = teacher_dir is not None and (Path(teacher_dir) / "config.json").exists()
-    if trained and (Path(teacher_dir) / "tokenizer.json").exists():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    if tokenizer is None:
-        try:
-            from sod_trainer.toy.tasks import build_toy_tokenizer
-
-            tokenizer = build_toy_tokenizer()
-        except ImportError:
-            from sod_trainer.toy.tokenizer import build_tokenizer
-
-            tokenizer = build_tokenizer()
-    if toy_models is not None and trained:
-        teacher = toy_models.load_teacher()
-    elif toy_models is not None:
-        logger.warning("The toy teacher has not been built (python scripts/build_toy_teacher.py): using an "
-                       "untrained toy teacher, so this run only exercises the training path.")
-        teacher = toy_models.build_model(toy_models.teacher_config(tokenizer), seed=seed)
-    else:
-        teacher = _tiny_qwen3(tokenizer, hidden=96, seed=seed)
-    if toy_models is not None and hasattr(toy_models, "load_student"):
-        student = toy_models.load_student()
-    elif toy_models is not None and hasattr(toy_models, "student_from_teacher"):
-        student = toy_models.student_from_teacher(teacher)
-    else:
-        student = _tiny_qwen3(tokenizer, hidden=64, seed=seed + 1)
-    return tokenizer, student.to(torch.float32), teacher.to(torch.float32)
-
-
-def _tiny_qwen3(tokenizer, hidden: int, seed: int):
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )
-    return Qwen3ForCausalLM(config)
+    return load_toy_world(seed)
 
 
 def load_models(model_args: ModelConfig, training_args: SODConfig):

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ __all__ = ["DemoSettings", "run_demo", "main"]
 
 @dataclass
 class DemoSettings:
-    """Every knob of the demo; ``quick()`` shrinks them for tests and first looks (< 2 minutes)."""
+    """Every knob of the demo; ``quick()`` shrinks them for tests and first looks (1-3 minutes on 2 CPU cores)."""
 
     seed: int = 0
     threads: int | None = None
@@ -155,8 +156,9 @@ def _train(student, teacher, tokenizer, train_dataset, settings: DemoSettings, s
     from .tasks import toy_reward
 
     batch = settings.prompts_per_step * settings.num_generations
-    config = SODConfig(
-        output_dir=str(output_dir / f"trainer-{scheme}"), max_steps=settings.sod_steps,
+    scratch = tempfile.TemporaryDirectory(prefix=f"sod-demo-trainer-{scheme}-")  # nothing is saved (save_strategy
+    config = SODConfig(                                                          # "no"): no empty folder is left
+        output_dir=scratch.name, max_steps=settings.sod_steps,
         per_device_train_batch_size=batch, num_generations=settings.num_generations,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
         step_weighting=scheme, grpo_coef=settings.grpo_coef,
@@ -192,6 +194,7 @@ def _train(student, teacher, tokenizer, train_dataset, settings: DemoSettings, s
         trainer.train()
     finally:
         trainer.close()
+        scratch.cleanup()
     student.eval()
     changed = sum(not torch.equal(before[name], p.detach()) for name, p in student.named_parameters())
     return {
@@ -203,80 +206,6 @@ def _train(student, teacher, tokenizer, train_dataset, settings: DemoSettings, s
         "losses_finite": bool(curve) and all(_finite(entry.get("loss")) for entry in curve),
         "parameters_changed": changed / max(len(before), 1),
     }
-
-
-def _save(fig, path: Path) -> str:
-    """Lay out, write and close one figure; returns its file name for the report."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
-
-
-def _plots(report: dict, output_dir: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    files = []
-    runs = report["training"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, run in runs.items():
-        steps = [e["step"] for e in run["curve"]]
-        axes[0].plot(steps, [e.get("accuracy", float("nan")) for e in run["curve"]], label=f"{name} (batch)")
-        axes[1].plot(steps, [e.get("tools/failure_frequency", float("nan")) for e in run["curve"]], label=name)
-        axes[2].plot(steps, [e.get("loss", float("nan")) for e in run["curve"]], label=name)
-    before = report["student"]["before"]["accuracy"]
-    axes[0].axhline(before, color="gray", linestyle=":", label=f"held-out before ({before:.0%})")
-    for name, after in report["student"]["after"].items():
-        axes[0].axhline(after["accuracy"], linestyle="--", label=f"held-out after, {name} ({after['accuracy']:.0%})")
-    axes[0].set(title="Student accuracy", xlabel="SOD step", ylim=(0, 1))
-    axes[1].set(title="Tool failure rate (training rollouts)", xlabel="SOD step")
-    axes[2].set(title="Loss", xlabel="SOD step")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    files.append(_save(fig, output_dir / "training_curve.png"))
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    contexts = ["first", "after_clean", "after_error"]
-    diagnostics = {"before": report["diagnostics"]["before"], **{f"after ({k})": v for k, v in
-                                                                  report["diagnostics"]["after"].items()}}
-    width = 0.8 / max(len(diagnostics), 1)
-    for i, (name, diag) in enumerate(diagnostics.items()):
-        d = [diag["by_context"][c]["d"] or 0.0 for c in contexts]
-        w = [diag["by_context"][c]["w"] or 0.0 for c in contexts]
-        xs = [x + i * width for x in range(len(contexts))]
-        axes[0].bar(xs, d, width, label=name)
-        axes[1].bar(xs, w, width, label=name)
-    for ax, title in zip(axes, ["Step divergence d_k by what preceded the step", "SOD weight w_k"]):
-        ax.set_xticks([x + width * (len(diagnostics) - 1) / 2 for x in range(len(contexts))],
-                      ["first step", "after clean obs.", "after error obs."])
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    axes[0].set_yscale("log")
-    files.append(_save(fig, output_dir / "divergence.png"))
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, run in runs.items():
-        steps = [e["step"] for e in run["curve"]]
-        for k in range(1, 5):
-            values = [e.get(f"weights/step_{k}", float("nan")) for e in run["curve"]]
-            if any(_finite(v) for v in values):
-                axes[0].plot(steps, values, label=f"{name} w_{k}")
-        for pattern in ("stable", "erroneous", "recovery"):
-            axes[1].plot(steps, [e.get(f"patterns/{pattern}", float("nan")) for e in run["curve"]],
-                         label=f"{name} {pattern}")
-    axes[0].set(title="Mean step weight w_k during training", xlabel="SOD step")
-    axes[1].set(title="Weight patterns (share of trajectories)", xlabel="SOD step", ylim=(0, 1))
-    for ax in axes:
-        ax.legend(fontsize=7)
-    files.append(_save(fig, output_dir / "weights.png"))
-    return files
 
 
 def _summary_table(report: dict) -> None:
@@ -406,7 +335,9 @@ def run_demo(output_dir: str | os.PathLike = "sod-demo", quick: bool = False, *,
         "trajectory_pages": {"index": "trajectories/index.html", "before": "trajectories/before.html",
                              "after": {scheme: f"trajectories/after_{scheme}.html" for scheme in schemes}},
     }
-    report["plots"] = _plots(report, output_dir)
+    from .plots import plot_report
+
+    report["plots"] = plot_report(report, output_dir)
     (output_dir / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     if progress:
         _summary_table(report)
@@ -431,7 +362,7 @@ class DemoArguments:
     """The options of ``sod demo`` (parsed with TRL's ``TrlParser``: underscore flags, dashed aliases)."""
 
     output_dir: str = field(default="sod-demo", metadata={"help": "Where report.json and the plots go."})
-    quick: bool = field(default=False, metadata={"help": "Tiny settings: under 2 minutes, for tests and a look."})
+    quick: bool = field(default=False, metadata={"help": "Tiny settings: 1-3 minutes on 2 CPU cores, for tests and a look."})
     steps: int | None = field(default=None, metadata={"help": "SOD training steps."})
     eval_problems: int | None = field(default=None, metadata={"help": "Held-out problems per evaluation."})
     seed: int | None = field(default=None, metadata={"help": "Random seed of the whole demo."})

@@ -24,7 +24,19 @@ __all__ = [
     "student_from_teacher",
     "load_teacher",
     "count_parameters",
+    "TOY_STUDENT",
+    "TOY_TEACHER",
+    "TOY_DATASET",
+    "load_toy_world",
+    "resolve_toy_names",
 ]
+
+TOY_STUDENT = "toy-student"
+"""Model name of the toy world's student (``SODTrainer(model="toy-student")``, recipes' ``model_name_or_path``)."""
+TOY_TEACHER = "toy-teacher"
+"""Model name of the toy world's teacher (``teacher_model="toy-teacher"``, ``teacher_model_name_or_path``)."""
+TOY_DATASET = "toy-arithmetic"
+"""Dataset name of the toy world's problems in recipes (``dataset_name``); from Python: ``build_dataset``."""
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 TEACHER_DIR = ASSETS_DIR / "teacher"
@@ -121,4 +133,42 @@ def teacher_info(path: str | os.PathLike | None = None) -> dict:
 
 
 def count_parameters(model) -> int:
+    """Number of parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
+
+
+def load_toy_world(seed: int = 0):
+    """``(tokenizer, student, teacher)`` of the offline toy world, float32 on CPU: the shipped teacher
+    (``toy/assets/teacher``, trained with ``scripts/build_toy_teacher.py``) and a student made of three of its
+    four layers (not fine-tuned: it knows the format but copies numbers and picks operations badly; ``sod demo``
+    adds a short cold-start SFT). Without a shipped teacher, untrained models of the same shapes (with a
+    warning: such a run only exercises the plumbing)."""
+    import logging
+
+    from .tasks import build_toy_tokenizer, load_toy_tokenizer
+
+    if (TEACHER_DIR / "config.json").exists():
+        tokenizer = load_toy_tokenizer(TEACHER_DIR)
+        teacher = load_teacher()
+    else:
+        logging.getLogger(__name__).warning(
+            "The toy teacher has not been built (python scripts/build_toy_teacher.py): using an untrained toy "
+            "teacher, so this run only exercises the training path.")
+        tokenizer = build_toy_tokenizer()
+        teacher = build_model(teacher_config(tokenizer), seed=seed)
+    student = student_from_teacher(teacher)
+    return tokenizer, student.to(torch.float32), teacher.to(torch.float32)
+
+
+def resolve_toy_names(model, teacher_model, processing_class=None, seed: int = 0):
+    """``(model, teacher_model, processing_class)`` with the toy names replaced by the toy world's models; the two
+    names go together (they share the toy tokenizer)."""
+    is_student, is_teacher = isinstance(model, str) and model == TOY_STUDENT, \
+        isinstance(teacher_model, str) and teacher_model == TOY_TEACHER
+    if not (is_student or is_teacher):
+        return model, teacher_model, processing_class
+    if not (is_student and is_teacher):
+        raise ValueError(f"The toy world's models go together: model={model!r}, teacher_model={teacher_model!r}; "
+                         f"use '{TOY_STUDENT}' with '{TOY_TEACHER}' (they share the toy tokenizer).")
+    tokenizer, student, teacher = load_toy_world(seed)
+    return student, teacher, processing_class if processing_class is not None else tokenizer
