@@ -71,9 +71,10 @@ def test_demo_cli_help():
     assert exit_info.value.code == 0
 
 
-def test_quick_demo_writes_only_its_report_and_plots(quick_report):
+def test_quick_demo_writes_only_its_report_plots_and_trajectory_pages(quick_report):
     report, output = quick_report
-    assert sorted(p.name for p in output.iterdir()) == sorted(["report.json", *report["plots"]])  # no trainer-sod/
+    expected = ["report.json", "trajectories", *report["plots"]]  # no empty trainer-sod/ folder
+    assert sorted(p.name for p in output.iterdir()) == sorted(expected)
     assert sorted(report["plots"]) == ["divergence.png", "training_curve.png", "weights.png"]
 
 

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 REASONS = ("needs the Hub", "needs a GPU", "fragment")
 SKIP = re.compile(r"^<!--\s*docs-test:\s*skip\s*\((.+?)\)\s*-->\s*$")
-SLOW_PAGES = {"docs/quickstart.md", "docs/evaluation.md"}  # training on the toy world; math-verify start-up
+# training on the toy world; math-verify's start-up; toy rollouts scored by both models (minutes on a busy CPU)
+SLOW_PAGES = {"docs/quickstart.md", "docs/evaluation.md", "docs/viewer.md"}
 
 
 @dataclass
