@@ -69,15 +69,16 @@ def _training_curve(report: dict):
                         label=f"held-out, after {name} ({after['accuracy']:.0%}, n={after.get('n', held_out)} problems)")
     axes[0].set(title="Student accuracy", ylabel="accuracy (share of rollouts right)", ylim=(0, 1))
     _percent(axes[0])
+    legend_places = {0: "lower right"}
     axes[1].set(title=f"Failed tool calls per trajectory\n(training rollouts, n={per_step} per step)",
                 ylabel="failed tool calls per trajectory")
     axes[1].set_ylim(bottom=0)
     axes[2].set(title="Training loss: SOD clipped surrogate\n(token mean of -min(r A, clip(r) A))",
                 ylabel="loss (dimensionless, per model token)")
-    for ax in axes:
+    for i, ax in enumerate(axes):
         _integer_steps(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc=legend_places.get(i, "best"))
     fig.suptitle("sod demo: training the cold-started student on the toy tool-use world", fontsize=11)
     return fig
 
@@ -155,14 +156,14 @@ def _weights(report: dict):
                          label=f"{name}: {pattern}")
     per_step = next(iter(runs.values()), {}).get("rollouts_per_step", "?")
     axes[0].set(title=f"Mean SOD weight of step k during training\n(circled: fewer than {FEW_SAMPLES} trajectories "
-                      "reach step k)", ylabel="mean w_k (dimensionless)")
+                      "reach step k)", ylabel="mean w_k (dimensionless)", ylim=(0, 1.3))  # legend below the lines
     axes[1].set(title=f"Weight pattern of each trajectory (n={per_step} per step)",
                 ylabel="share of trajectories", ylim=(0, 1))
     _percent(axes[1])
-    for ax in axes:
+    for ax, place in zip(axes, ("lower left", "upper right")):
         _integer_steps(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc=place)
     fig.suptitle("SOD weights during training", fontsize=11)
     return fig
 
