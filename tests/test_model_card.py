@@ -138,3 +138,23 @@ def test_training_scripts_push_to_the_hub_with_the_card_and_recipe(entry, tmp_pa
     assert {"trl", "sod"} <= set(_front_matter(card)["tags"])
     assert "[sod_recipe.yaml](sod_recipe.yaml)" in card  # the link works on the Hub: the recipe goes along
     assert yaml.safe_load(upload["files"]["sod_recipe.yaml"])["hub_model_id"] == "someone/toy-sod"
+
+
+def test_saved_model_carries_its_rollout_format_and_sod_eval_uses_it(tokenizer, tmp_path, capsys):
+    """`sod eval --model <a SOD output folder>` evaluates the model in the format it was trained in."""
+    from sod_trainer.evaluation.arguments import parse_eval_args
+    from sod_trainer.evaluation.cli import config_from_args
+
+    trainer = _trainer(tokenizer, tmp_path, tool_call_format="code_tag", max_tool_response_chars=77,
+                       max_tool_calling_iterations=3, chat_template_kwargs={"enable_thinking": False})
+    folder = tmp_path / "saved"
+    trainer.save_model(str(folder))
+    script, rollout, used = parse_eval_args(["--model", str(folder), "--benchmark", "toy"])
+    assert used == str(folder / "sod_rollout.yaml")
+    config = config_from_args((script, rollout))
+    assert (config.tool_call_format, config.max_tool_response_chars, config.max_turns,
+            config.chat_template_kwargs) == ("code_tag", 77, 4, {"enable_thinking": False})  # 3 tool rounds + 1
+    script, rollout, _ = parse_eval_args(["--model", str(folder), "--benchmark", "toy", "--tool_call_format", "json"])
+    assert config_from_args((script, rollout)).tool_call_format == "json"  # a flag overrides the saved format
+    _, rollout, used = parse_eval_args(["--model", "Qwen/Qwen3-0.6B", "--benchmark", "toy"])
+    assert used is None and rollout.tool_call_format == "fenced"  # not a SOD folder: the built-in defaults

@@ -596,6 +596,15 @@ class SODTrainer(Trainer):
     def _sod_state_path(self, folder: str) -> str:
         return os.path.join(folder, f"sod_state_{self.accelerator.process_index}.pt")
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """As ``Trainer.save_model``; also writes the run's rollout format (``sod_rollout.yaml``: tool-call format,
+        chat-template arguments, tool output cut, tool rounds), which ``sod eval --model <folder>`` reads."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            from .evaluation.arguments import write_rollout_file
+
+            write_rollout_file(self.args, output_dir or self.args.output_dir)
+
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           tags: str | list[str] | None = None) -> None:
         """Write the model card (``README.md`` in ``output_dir``), with TRL's signature: tags ``trl`` and ``sod``,

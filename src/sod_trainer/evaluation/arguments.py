@@ -15,7 +15,14 @@ from typing import Any
 
 from .runner import EvaluationConfig
 
-__all__ = ["EvalScriptArguments", "EvalRolloutArguments", "make_eval_parser", "evaluation_config"]
+__all__ = ["EvalScriptArguments", "EvalRolloutArguments", "make_eval_parser", "evaluation_config", "ROLLOUT_FILE",
+           "write_rollout_file", "parse_eval_args"]
+
+ROLLOUT_FILE = "sod_rollout.yaml"
+# The options that make up a model's own rollout format: saved with the model by SODTrainer.save_model and read
+# back by `sod eval --model <that folder>` as defaults (flags and --config override them).
+FORMAT_FIELDS = ("max_turns", "tool_call_format", "chat_template_kwargs", "max_tool_response_chars",
+                 "tool_response_template", "tool_persistent")
 
 
 @dataclass
@@ -104,3 +111,59 @@ def evaluation_config(script: EvalScriptArguments, rollout: Any) -> EvaluationCo
             raise ValueError(f"chat_template_kwargs must be a JSON object, got {kwargs!r}.")
     values["system_prompt"] = resolve_system_prompt(values["system_prompt"])
     return EvaluationConfig(**values, keep_text=not script.no_text)
+
+
+def write_rollout_file(training_args: Any, folder: str) -> str:
+    """Write the rollout format of a training run (:data:`FORMAT_FIELDS`, from its SODConfig) to
+    ``folder/sod_rollout.yaml``; returns the path."""
+    import os
+
+    import yaml
+
+    config = EvaluationConfig.from_training_args(training_args)
+    values = {name: getattr(config, name) for name in FORMAT_FIELDS}
+    if values["chat_template_kwargs"] is not None:
+        values["chat_template_kwargs"] = json.dumps(values["chat_template_kwargs"])
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ROLLOUT_FILE)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("# The rollout format this model was trained with; `sod eval --model <this folder>` uses it "
+                     "(flags override).\n")
+        yaml.safe_dump(values, handle, sort_keys=False)
+    return path
+
+
+def _model_argument(argv: list[str]) -> str | None:
+    for index, token in enumerate(argv[:-1]):
+        if token == "--model":
+            return argv[index + 1]
+    for token in argv:
+        if token.startswith("--model="):
+            return token.split("=", 1)[1]
+    if "--config" in argv[:-1]:
+        import yaml
+
+        with open(argv[argv.index("--config") + 1], encoding="utf-8") as handle:
+            return (yaml.safe_load(handle) or {}).get("model")
+    return None
+
+
+def parse_eval_args(argv: list[str]) -> tuple[EvalScriptArguments, Any, str | None]:
+    """Parse ``sod eval`` arguments; a model folder's ``sod_rollout.yaml`` sets the rollout defaults (then
+    ``--config``, then flags). Returns the two argument objects and the rollout file used, if any."""
+    import os
+
+    import yaml
+
+    parser = make_eval_parser()
+    model = _model_argument(argv)
+    rollout_file = os.path.join(model, ROLLOUT_FILE) if model and os.path.isdir(model) else None
+    if rollout_file is not None and os.path.isfile(rollout_file):
+        with open(rollout_file, encoding="utf-8") as handle:
+            saved = yaml.safe_load(handle) or {}
+        known = {f.name for f in fields(EvalRolloutArguments)}
+        parser.set_defaults_with_config(**{key: value for key, value in saved.items() if key in known})
+    else:
+        rollout_file = None
+    script, rollout = parser.parse_args_and_config(argv)
+    return script, rollout, rollout_file

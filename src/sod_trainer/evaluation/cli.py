@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from ..rewards import default_reward_funcs
-from .arguments import EvalRolloutArguments, EvalScriptArguments, evaluation_config, make_eval_parser
+from .arguments import (
+    EvalRolloutArguments,
+    EvalScriptArguments,
+    evaluation_config,
+    make_eval_parser,
+    parse_eval_args,
+)
 from .report import EvaluationReport
 from .runner import EvaluationConfig, evaluate
 
@@ -51,11 +57,13 @@ def config_from_args(args) -> EvaluationConfig:
 def main(argv: Sequence[str] | None = None) -> EvaluationReport:
     """Run ``sod eval`` with ``argv`` (default ``sys.argv[1:]``)."""
     try:
-        args, rollout = build_parser().parse_args_and_config(list(sys.argv[1:] if argv is None else argv))
+        args, rollout, rollout_file = parse_eval_args(list(sys.argv[1:] if argv is None else argv))
         config = evaluation_config(args, rollout)
     except ValueError as error:
         print(f"sod eval: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if rollout_file is not None:
+        print(f"sod eval: the model's rollout format from {rollout_file} (flags override it).", file=sys.stderr)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
