@@ -2,8 +2,8 @@
 
     python docs/scripts/viewer_screenshot.py sod-demo/trajectories/before.html [docs/images/viewer.png]
 
-Opens the first trajectory whose first tool call failed (the demo's stale-variable NameError), hovers the
-first token of the step after it, and saves the top of the page.
+Sorts by min w, opens the first listed trajectory whose first tool call failed (the demo's stale-variable
+NameError), hovers the first token of the step after it, and saves the top of the page.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from sod_trainer.viewer.headless import HeadlessPage
 
 PICK = """(() => {
   const data = JSON.parse(document.getElementById('sod-data').textContent).records;
-  const record = data.find(r => r.first_error_step === 0 && r.steps.length > 2) || data[0];
+  const sort = document.getElementById('sort');
+  sort.value = 'minw-asc';  // the most down-weighted trajectories first
+  sort.dispatchEvent(new Event('change', {bubbles: true}));
+  const shown = Array.from(document.querySelectorAll('section.traj')).map(s => data[Number(s.dataset.pos)]);
+  const record = shown.find(r => r.first_error_step === 0 && r.steps.length > 2) || shown[0];
   document.querySelectorAll('.traj-body').forEach(b => { b.hidden = true; });
   const card = sodViewer.open(record.index);
   card.parentElement.prepend(card);
