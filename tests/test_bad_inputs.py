@@ -139,15 +139,30 @@ def test_tokenizer_without_chat_template_is_rejected(tokenizer, tmp_path):
 
 
 def test_reward_function_that_raises_names_itself_and_the_error_in_the_warning(tokenizer, tmp_path, sod_logs):
-    def needs_solution(prompts, completions, solution, **kwargs):
-        return [1.0] * len(completions)
+    def needs_solution(prompts, completions, **kwargs):
+        return [1.0 if kwargs["solution"] else 0.0 for _ in completions]
 
     trainer = build(tokenizer, tmp_path, reward_funcs=(needs_solution, reward), max_steps=1,
                     reward_failure_policy="contain")
     trainer.train()
     assert trainer.state.log_history[0]["rewards/needs_solution/failures"] == 1.0
-    assert "Reward function 'needs_solution' failed on this batch (TypeError:" in sod_logs.text
+    assert "Reward function 'needs_solution' failed on this batch (KeyError:" in sod_logs.text
     assert "its reward is left out (None) for this batch" in sod_logs.text
+
+
+def test_reward_that_cannot_take_the_trainers_arguments_is_refused_at_construction(tokenizer, tmp_path):
+    """TRL would fail at the first call; SOD says so before any rollout."""
+    def needs_solution(prompts, completions, solution, **kwargs):
+        return [1.0] * len(completions)
+
+    def no_kwargs(prompts, completions):
+        return [1.0] * len(completions)
+
+    with pytest.raises(ValueError, match=r"'needs_solution' needs the argument 'solution', which is neither one the "
+                                         r"trainer passes .* nor a dataset column \(it has \['answer', 'prompt'\]\)"):
+        build(tokenizer, tmp_path, reward_funcs=(needs_solution,))
+    with pytest.raises(TypeError, match=r"'no_kwargs' takes no \*\*kwargs.*Add \*\*kwargs to its signature"):
+        build(tokenizer, tmp_path, reward_funcs=(no_kwargs,))
 
 
 def test_reward_weights_of_the_wrong_length_are_rejected(tokenizer, tmp_path):

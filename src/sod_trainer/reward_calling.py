@@ -27,7 +27,8 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RewardCaller", "RewardFailure", "completion_messages", "trl_prompts_and_completions"]
+__all__ = ["RewardCaller", "RewardFailure", "check_reward_signature", "completion_messages",
+           "trl_prompts_and_completions"]
 
 # keyword arguments the trainer adds; not dataset columns (TRL leaves them out of its "all None" warning too)
 TRAINER_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "trajectories")
@@ -83,6 +84,38 @@ def trl_prompts_and_completions(rows, prompt_messages, trajectories, tokenizer) 
     prompts = [messages[-1]["content"] for messages in prompt_messages]
     completions = [tokenizer.decode(t.completion_ids, skip_special_tokens=True) for t in trajectories]
     return prompts, completions
+
+
+TRL_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+              "environments", "trajectories")
+
+
+def check_reward_signature(function: Callable, name: str, columns: Sequence[str] | None) -> None:
+    """Refuse at construction a reward function that cannot take the keyword arguments it will get: a required
+    argument that is neither TRL's nor a dataset column, or no ``**kwargs`` to take the others (TRL would fail at
+    its first call). ``columns``: the dataset's columns, ``None`` when unknown (then only ``**kwargs`` is checked)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to inspect
+        return
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        raise TypeError(
+            f"The reward function {name!r} takes no **kwargs, but it is called as TRL calls it, with prompts, "
+            "completions, completion_ids, trainer_state, log_extra, log_metric, environments and every dataset "
+            f"column as keyword arguments. Add **kwargs to its signature, e.g. def {name}(completions, **kwargs).")
+    if columns is None:
+        return
+    available = set(TRL_KWARGS) | (set(columns) - {"prompt", "completion", "completion_ids"})
+    for parameter in parameters:
+        required = parameter.default is parameter.empty and parameter.kind in (
+            parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        if required and parameter.name not in available:
+            raise ValueError(
+                f"The reward function {name!r} needs the argument {parameter.name!r}, which is neither one the "
+                f"trainer passes ({', '.join(TRL_KWARGS)}) nor a dataset column (it has {sorted(columns)}). Add "
+                f"a {parameter.name!r} column to the dataset, or give the argument a default.")
 
 
 def _load_reward_model(name: str, args) -> nn.Module:

@@ -34,7 +34,8 @@ from .reward_calling import RewardCaller
 from .scoring import RolloutScorer, ScoredBatch, fill_samples
 from .segmenters import StepSegmenter, get_segmenter
 from .teacher import LocalTeacher, resolve_teacher_tokenizer
-from .validation import check_chat_template, validate_prompts, validate_reward_columns
+from .validation import (check_chat_template, validate_prompts, validate_reward_columns,
+                         validate_reward_signatures)
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +250,10 @@ class SODTrainer(Trainer):
                                  _prompt_options(function_tools) if function_tools is not None else None,
                                  environment_prompt=environment_prompt)
                 validate_reward_columns(dataset, reward_funcs)
+        # a reward that cannot take TRL's keyword arguments, or needs a column the data lacks, fails here, not at
+        # its first call (the columns are checked unless an environment owns the data)
+        validate_reward_signatures(None if environment_prompt or not args.validate_dataset else train_dataset,
+                                   reward_funcs)
         self.interrupt_handler = InterruptHandler()
         super().__init__(
             model=model, args=args, data_collator=_identity, train_dataset=train_dataset,

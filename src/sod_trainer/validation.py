@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["check_chat_template", "validate_prompts", "validate_reward_columns"]
+__all__ = ["check_chat_template", "validate_prompts", "validate_reward_columns", "validate_reward_signatures"]
 
 
 def check_chat_template(tokenizer, chat_template_kwargs: dict | None = None) -> None:
@@ -87,3 +87,33 @@ def validate_reward_columns(dataset, reward_funcs) -> None:
         if not present:
             raise ValueError(f"Every row's {column!r} is empty (None or blank), so {name} can reward nothing. Fill "
                              "in the reference answers, or drop the reward.")
+
+
+def dataset_columns(dataset) -> list[str] | None:
+    """The columns every row reaches the reward functions with; ``None`` when they cannot be known up front."""
+    if dataset is None:
+        return None
+    names = getattr(dataset, "column_names", None)
+    if isinstance(names, dict):  # a DatasetDict
+        return None
+    if names is not None:
+        return list(names)
+    if isinstance(dataset, (list, tuple)) and dataset and all(isinstance(row, dict) for row in dataset):
+        return sorted(set.intersection(*(set(row) for row in dataset)))
+    return None
+
+
+def validate_reward_signatures(dataset, reward_funcs) -> None:
+    """Each callable reward must take TRL's keyword arguments (``**kwargs``) and find every argument it requires
+    among them or the dataset's columns; raises naming the function, the argument and the fix."""
+    from torch import nn
+
+    from .reward_calling import check_reward_signature
+
+    columns = dataset_columns(dataset)
+    for function in reward_funcs or ():
+        if isinstance(function, (str, nn.Module)) or not callable(function):
+            continue
+        from trl.trainer.utils import get_callable_name
+
+        check_reward_signature(function, get_callable_name(function), columns)
