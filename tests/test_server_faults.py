@@ -156,3 +156,29 @@ def test_teacher_server_down_saves_a_checkpoint_stops_and_resumes(tokenizer, tmp
         resumed = _trainer(tokenizer, tmp_path, server.url)
         resumed.train(resume_from_checkpoint=True)
         assert resumed.state.global_step == 3
+
+
+def test_generation_server_down_saves_a_checkpoint_and_stops(tokenizer, tmp_path):
+    """vLLM server-mode generation that stays down: the same checkpoint-and-stop as for the teacher."""
+    import requests
+
+    from scripted import ScriptedBackend
+    from test_reliability import build
+
+    class GoesDown(ScriptedBackend):
+        retries = None
+
+        def generate(self, contexts, max_new_tokens, stop_strings=()):
+            if trainer.state.global_step >= 1:  # the server went away after the first step
+                def refused():
+                    raise requests.ConnectionError("Connection refused")
+
+                call_with_retries(refused, FAST, server="vLLM generation server", url="http://gen:8000")
+            return super().generate(contexts, max_new_tokens, stop_strings)
+
+    trainer = build(tokenizer, tmp_path, max_steps=3)
+    trainer.rollout_engine.backend = GoesDown(tokenizer, {"q": ["\\boxed{7}"]})
+    with pytest.raises(ServerUnavailableError, match=r"vLLM generation server at http://gen:8000.*failed 4 times"
+                                                     r"(.|\n)*checkpoint-1(.|\n)*resume_from_checkpoint=True"):
+        trainer.train()
+    assert trainer.state.global_step == 1 and os.path.isfile(tmp_path / "checkpoint-1" / "optimizer.pt")
