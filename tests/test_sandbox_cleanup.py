@@ -1,5 +1,6 @@
 """Clean-up that the sandboxed code cannot break (issue 15): removal without recursion, the uid slot
-released whatever happens, failures logged and counted, leftovers of a crashed trainer removed."""
+released whatever happens, failures logged and counted, leftovers of a crashed trainer removed; and the
+cgroup v2 set-up's decisions on a directory tree shaped like one (this machine has cgroup v1)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +93,46 @@ def test_stale_cgroup_of_a_crashed_trainer_is_removed(tmp_path):
     (base / f"{_cgroup.GROUP_PREFIX}{owner_tag()}" / "call-0").mkdir(parents=True)
     assert _cgroup.sweep_stale_groups(str(base)) == 1
     assert [p.name for p in base.iterdir()] == [f"{_cgroup.GROUP_PREFIX}{owner_tag()}"]
+
+
+def _fake_cgroup2(tmp_path, monkeypatch, members: str, controllers: str = "cpu memory pids"):
+    """A directory tree shaped like a cgroup v2 mount whose group ``/job`` refuses controllers for its
+    children while it holds processes (EBUSY, as the kernel does)."""
+    mount = tmp_path / "cgroup2"
+    own = mount / "job"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text(controllers + "\n")
+    (own / "cgroup.procs").write_text(members)
+    monkeypatch.setattr(_cgroup, "_cgroup2_mount", lambda: str(mount))
+    real_write = _cgroup._write
+    state = {"moved": False}
+
+    def write(path, value):
+        if path == str(own / "cgroup.subtree_control") and not state["moved"]:
+            raise OSError(16, "Device or resource busy")
+        if path.endswith("cgroup.procs") and value == "0":
+            state["moved"] = True
+        real_write(path, value)
+
+    monkeypatch.setattr(_cgroup, "_write", write)
+    return own
+
+
+def test_cgroup_v2_trainer_alone_moves_into_a_leaf_and_gives_up_the_cgroup_namespace(tmp_path, monkeypatch):
+    own = _fake_cgroup2(tmp_path, monkeypatch, members=f"{os.getpid()}\n")
+    found = _cgroup._detect_v2("/job", owner_tag())
+    assert found.version == "v2" and found.parents == (str(own / f"{_cgroup.GROUP_PREFIX}{owner_tag()}"),)
+    assert (own / f"sod-trainer-{owner_tag()}" / "cgroup.procs").read_text() == "0"  # the trainer moved
+    assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
+    assert (Path(found.parents[0]) / "cgroup.subtree_control").read_text() == "+memory +pids"
+    # sandboxes' groups are siblings of the trainer's leaf: a cgroup namespace rooted there could not join them
+    assert found.cgroupns is False
+
+
+def test_cgroup_v2_shared_with_other_processes_says_why_and_how(tmp_path, monkeypatch):
+    _fake_cgroup2(tmp_path, monkeypatch, members=f"{os.getpid()}\n1\n")
+    found = _cgroup._detect_v2("/job", owner_tag())
+    assert not found.available and "holds other processes" in found.reason and "Delegate=yes" in found.reason
+    _fake_cgroup2(tmp_path / "b", monkeypatch, members="", controllers="cpu io")
+    found = _cgroup._detect_v2("/job", owner_tag())
+    assert not found.available and "memory/pids controller" in found.reason
