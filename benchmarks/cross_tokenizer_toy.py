@@ -4,9 +4,9 @@ Two students, the same recipe, the same held-out problems:
 
   same-tokenizer   the demo's student: three of the teacher's four layers, the teacher's tokenizer (768-token
                    byte-level BPE, ChatML template)
-  other tokenizer  the same layers, but its own 512-token byte-level BPE trained on the world's text and a
-                   Llama-3-style template (``<|start_header_id|>`` / ``<|eot_id|>``, tool turns as ``ipython``);
-                   its embeddings are transplanted: a student token starts as the mean of the teacher's
+  other tokenizer  the same layers, but its own 512-token byte-level BPE trained on the world's text, with the
+                   teacher's ChatML template or (``--family header``) a Llama-3-style one (``<|start_header_id|>``
+                   / ``<|eot_id|>``, tool turns as ``ipython``); its embeddings are transplanted: a student token starts as the mean of the teacher's
                    embeddings of that token's text in the teacher's tokenization (specials by role)
 
 Each gets the demo's cold start (SFT on trajectories, some re-using a stale variable in the stateless tool and
@@ -83,6 +83,10 @@ def main() -> None:
     parser.add_argument("--sod-steps", type=int, default=20)
     parser.add_argument("--eval-problems", type=int, default=64)
     parser.add_argument("--prompts-per-step", type=int, default=8)
+    parser.add_argument("--family", choices=["chatml", "header"], default="chatml",
+                        help="the other student's chat template: the teacher's (ChatML) or Llama-3-style")
+    parser.add_argument("--students", nargs="+", choices=["same", "other"], default=["same", "other"],
+                        help="which students to run (results of the others are kept from an earlier run)")
     parser.add_argument("--output", default="/tmp/cross_tokenizer_toy")
     parser.add_argument("--quick", action="store_true", help="the demo's quick settings (a smoke run, ~2 minutes)")
     args = parser.parse_args()
@@ -97,14 +101,17 @@ def main() -> None:
                 else DemoSettings(sod_steps=args.sod_steps, eval_problems=args.eval_problems,
                                   prompts_per_step=args.prompts_per_step))
     teacher, teacher_tokenizer, _, teacher_path = _load_or_build_teacher(progress, None)
-    other = build_tokenizer(corpus=tokenizer_corpus(), vocab_size=512, family="header")
+    other = build_tokenizer(corpus=tokenizer_corpus(), vocab_size=512, family=args.family)
     eval_rows = [dict(row) for row in build_dataset(settings.eval_problems, seed=settings.seed, split="eval")]
     train_dataset = build_dataset(settings.train_problems, seed=settings.seed, split="train")
-    results = {"teacher": teacher_path, "settings": vars(settings) | {"student_layers": list(settings.student_layers)},
+    path = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    results = {**earlier, "teacher": teacher_path, "settings": vars(settings) | {"student_layers": list(settings.student_layers)},
                "note": "shared 2-core CPU (other programs running); one sample per held-out problem"}
     from sod_trainer.toy.models import student_from_teacher
 
-    for name, tokenizer in (("same tokenizer", teacher_tokenizer), ("other tokenizer", other)):
+    chosen = {"same": ("same tokenizer", teacher_tokenizer), "other": (f"other tokenizer ({args.family})", other)}
+    for name, tokenizer in (chosen[key] for key in args.students):
         started = time.monotonic()
         torch.manual_seed(settings.seed)
         student = (student_from_teacher(teacher, settings.student_layers) if tokenizer is teacher_tokenizer
@@ -121,7 +128,7 @@ def main() -> None:
         scoring = [e["teacher/scoring_seconds"] for e in curve if "teacher/scoring_seconds" in e]
         step_seconds = training["seconds"] / max(1, len(curve))
         results[name] = {
-            "vocabulary": len(tokenizer), "cold_start": before, "after_sod": after,
+            "vocabulary": len(tokenizer), "template": "chatml" if tokenizer is teacher_tokenizer else args.family, "cold_start": before, "after_sod": after,
             "cross_tokenizer_path": bool(align), "seconds": round(time.monotonic() - started, 1),
             "sod_seconds_per_step": step_seconds,
             "alignment_seconds_per_step": sum(align) / len(align) if align else None,
@@ -133,13 +140,12 @@ def main() -> None:
         }
     print("\n| student | vocabulary | cold start | after SOD | SOD s/step | alignment s/step | unaligned tokens |")
     print("|---|---|---|---|---|---|---|")
-    for name in ("same tokenizer", "other tokenizer"):
+    for name in [key for key in results if key.startswith(("same tokenizer", "other tokenizer"))]:
         r = results[name]
         align = r["alignment_seconds_per_step"]
         print(f"| {name} | {r['vocabulary']} | {100 * r['cold_start']['accuracy']:.1f} % | "
               f"{100 * r['after_sod']['accuracy']:.1f} % | {r['sod_seconds_per_step']:.1f} | "
               f"{'-' if align is None else f'{align:.3f}'} | {r['unaligned_tokens']:.0f} |")
-    path = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=float) + "\n")
     print(f"saved {path}")
