@@ -136,7 +136,7 @@ def main() -> None:
             "unaligned_tokens": sum(e.get("teacher/unaligned_tokens", 0) for e in curve),
             "student_tokens_per_span": [e.get("teacher/student_tokens_per_span") for e in curve][-1:],
             "teacher_tokens_per_span": [e.get("teacher/teacher_tokens_per_span") for e in curve][-1:],
-            "curve": [{k: e.get(k) for k in ("step", "loss", "accuracy", "tools/failure_rate")} for e in curve],
+            "curve": [{k: e.get(k) for k in ("step", "loss", "accuracy", "tools/failure_frequency")} for e in curve],
         }
     print("\n| student | vocabulary | cold start | after SOD | SOD s/step | alignment s/step | unaligned tokens |")
     print("|---|---|---|---|---|---|---|")
