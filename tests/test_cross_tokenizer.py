@@ -266,3 +266,17 @@ def test_text_the_teacher_normalizes_away_is_left_out_of_the_loss_and_counted(to
         assert tokenizer.decode([ids[j] for j in left_out]) == expected
     assert batch.metrics["teacher/unaligned_tokens"] == left_out_total > 0
     assert torch.isfinite(batch.tensors["advantages"]).all()
+
+
+def test_a_teacher_vocabulary_with_more_merges_takes_the_cross_path(tokenizer, tmp_path):
+    """The same corpus with more merges: every student token has its id in the teacher's vocabulary, but the
+    teacher tokenizes text differently (and its model has more outputs): cross path, not a size error."""
+    from sod_trainer.toy.tasks import tokenizer_corpus
+
+    student_tokenizer = build_tokenizer(corpus=tokenizer_corpus(40), vocab_size=512)
+    teacher_tokenizer = build_tokenizer(corpus=tokenizer_corpus(40), vocab_size=640)
+    student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    assert all(teacher_vocab[token] == index for token, index in student_vocab.items())  # a prefix of it
+    teacher = make_tiny_model(teacher_tokenizer, hidden=96, seed=1)
+    trainer = make_trainer(student_tokenizer, tmp_path, teacher=teacher, teacher_tokenizer=teacher_tokenizer)
+    assert isinstance(trainer.scorer.teacher, CrossTokenizerTeacher)

@@ -90,10 +90,14 @@ def resolve_teacher_tokenizer(student: torch.nn.Module | None, teacher: torch.nn
     if teacher_tokenizer is None and teacher is not None:
         source = getattr(getattr(unwrap_causal_lm(teacher), "config", None), "_name_or_path", "") or ""
         teacher_tokenizer = _saved_tokenizer(source, tokenizer)
-    if teacher_tokenizer is not None and not same_tokenizer(tokenizer, teacher_tokenizer):
+    def vocab_size(model) -> int:
+        weight = unwrap_causal_lm(model).get_output_embeddings().weight
+        return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+    sizes_differ = student is not None and teacher is not None and vocab_size(student) != vocab_size(teacher)
+    if teacher_tokenizer is not None and (sizes_differ or not same_tokenizer(tokenizer, teacher_tokenizer)):
         if teacher is not None:
-            weight = unwrap_causal_lm(teacher).get_output_embeddings().weight
-            size = int(getattr(weight, "ds_shape", weight.shape)[0])
+            size = vocab_size(teacher)
             if len(teacher_tokenizer) > size:
                 raise ValueError(
                     f"The teacher's tokenizer ({source}) has {len(teacher_tokenizer)} tokens but the teacher model's "
@@ -107,15 +111,22 @@ def resolve_teacher_tokenizer(student: torch.nn.Module | None, teacher: torch.nn
     return None
 
 
+_PROBE_TEXTS = ("Compute 1234 * 56 with the tool.\n```python\nprint(1234 * 56)\n```\nThe answer is \\boxed{69104}.",
+                "Let me think step by step: the remainder is 7, so the total is 42. Ça va, naïve café → 3.5 €.")
+
+
 def same_tokenizer(tokenizer, other) -> bool:
-    """Whether ``other`` gives the student's tokens the same ids (what :func:`compare_tokenizers` accepts)."""
+    """Whether ``other`` gives the student's tokens the same ids (what :func:`compare_tokenizers` accepts) and
+    tokenizes text the same way (a vocabulary with more merges gives the same ids to shared tokens, but
+    tokenizes differently: the teacher would then score token sequences it never produces)."""
     if other is tokenizer:
         return True
     try:
         compare_tokenizers(tokenizer, other)
     except ValueError:
         return False
-    return True
+    return all(tokenizer.encode(text, add_special_tokens=False) == other.encode(text, add_special_tokens=False)
+               for text in _PROBE_TEXTS)
 
 
 def _saved_tokenizer(path: str, tokenizer):
