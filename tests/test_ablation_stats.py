@@ -70,3 +70,22 @@ def test_mismatched_problems_are_refused():
         paired_difference([[1.0, 0.0]], [[1.0]])
     with pytest.raises(ValueError, match="number of seeds"):
         paired_difference([[1.0]], [[1.0], [0.0]])
+
+
+def test_the_table_warns_that_one_seed_cannot_decide():
+    from sod_trainer.ablation.report import markdown_table, summarize_grid
+
+    def run(arm, seed, per_problem):
+        summary = {"tool_failures_per_trajectory": 0.5, "accuracy_with_tool_error": None, "share_with_tool_error": 0.0}
+        return {"world": "w", "arm": arm, "seed": seed, "curve": [], "eval": {
+            "per_problem": per_problem, "accuracy": sum(per_problem) / len(per_problem), "summary": summary}}
+
+    settings = {"worlds": ["w"], "arms": ["sod", "uniform"], "seeds": [0], "train_steps": 1, "prompts_per_step": 1,
+                "num_generations": 1, "eval_problems": 4, "eval_samples": 1}
+    grid = {"settings": settings, "runs": [run("sod", 0, [1.0, 1.0, 1.0, 0.0]), run("uniform", 0, [0.0] * 4)]}
+    table = markdown_table(grid, summarize_grid(grid, resamples=200))
+    assert "| `uniform` | 0.0 ± 0.0 | -75.0 [" in table
+    assert "too narrow to decide anything" in table
+    grid["settings"] = {**settings, "seeds": [0, 1]}
+    grid["runs"] += [run("sod", 1, [1.0, 0.0, 1.0, 0.0]), run("uniform", 1, [0.0, 0.0, 1.0, 0.0])]
+    assert "too narrow" not in markdown_table(grid, summarize_grid(grid, resamples=200))

@@ -26,23 +26,14 @@ from pathlib import Path
 import pytest
 
 from sod_trainer.environments import sandbox as sandbox_module
-from sod_trainer.environments.sandbox import PythonSandbox, SandboxConfig, _plan_for, isolation_level
+from sod_trainer.environments.sandbox import PythonSandbox, SandboxConfig, _plan_for
 
-from test_sandbox_attacks import TIMEOUT_S, assert_contained, attack
+# the module's fixtures (bwrap must be in use; a sandbox per test) are the attack suite's own
+from test_sandbox_attacks import TIMEOUT_S, _namespaces_work, assert_contained, attack, sandbox  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _namespaces_work():
-    assert isolation_level() in ("bwrap", "bwrap-userns")
-
-
-@pytest.fixture
-def sandbox(temp_root):
-    return PythonSandbox(SandboxConfig(timeout_s=TIMEOUT_S, temp_root=str(temp_root), max_processes=32))
 
 
 @pytest.fixture

@@ -76,6 +76,9 @@ def markdown_table(grid: dict[str, Any], summary: dict[str, Any]) -> str:
             lines.append(f"| `{arm}` | {_pct(a['accuracy_mean'])} ± {_pct(a['accuracy_std'])} | {diff_text} | {tool} "
                          f"| {_pct(a['recovery_rate'])} | {d_clean} | {d_error} |")
     lines += ["", "`*`: the 95 % interval of the paired difference excludes 0 (bootstrap over seeds, then problems)."]
+    if len(settings["seeds"]) < 2:
+        lines += ["With one seed the interval covers the evaluation's sampling of problems only, not the seed-to-seed "
+                  "spread of training: it is too narrow to decide anything."]
     return "\n".join(lines) + "\n"
 
 
