@@ -60,7 +60,7 @@ class AblationSettings:
     num_generations: int = 4
     learning_rate: float = 3e-4
     max_completion_length: int = 320
-    max_turns: int = 6
+    max_turns: int = 6  # assistant turns, in training and evaluation (SODConfig counts tool rounds: max_turns - 1)
     eval_problems: int = 256
     eval_samples: int = 4
     eval_problem_seed: int = 777  # the same held-out problems for every seed and arm (a paired design)
@@ -233,7 +233,7 @@ def _train(context: _Context, student, output_dir: Path, world: str, arm: str, s
         output_dir=scratch.name, max_steps=s.train_steps,
         per_device_train_batch_size=s.prompts_per_step * s.num_generations, num_generations=s.num_generations,
         learning_rate=s.learning_rate, lr_scheduler_type="constant", warmup_steps=0, temperature=1.0,
-        max_completion_length=s.max_completion_length, max_tool_calling_iterations=s.max_turns,
+        max_completion_length=s.max_completion_length, max_tool_calling_iterations=s.max_turns - 1,
         tool_workers=s.tool_workers, logging_steps=1, save_strategy="no", report_to=[],
         use_cpu=s.device == "cpu", seed=seed, disable_tqdm=True, bf16=False, fp16=False, max_prompt_length=None,
         dataloader_num_workers=0, **ARMS[arm])
