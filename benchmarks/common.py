@@ -495,3 +495,35 @@ def gradients_match(reference, candidate, rows: list[dict[str, Any]],
     results.update(max_abs_grad_difference=difference, grad_norm=float(grads[0].norm()),
                    match=bool(difference <= atol + 1e-4 * grads[0].abs().max().item()))
     return results
+
+
+# ---------------------------------------------------------------------------------------------- memory-limited children
+OOM_MARKERS = ("MemoryError", "can't allocate memory", "not enough memory", "std::bad_alloc", "out of memory")
+
+
+def run_limited_child(argv: list[str], limit_gib: float, timeout: float = 1800, tag: str = "RESULT ") -> dict:
+    """Run ``argv`` (a benchmark child) with its address space capped at ``limit_gib`` (``RLIMIT_AS``).
+
+    Returns the JSON after the last line starting with ``tag``, or ``{"oom": True, ...}`` when the child ran
+    out of the allowed memory (an allocation failure, or killed by a signal), or ``{"error": ...}``. The cap
+    keeps a measurement from taking the shared machine down; it counts virtual memory, so it sits above
+    the resident peak being measured (torch reserves a few hundred MiB of address space it never touches).
+    """
+    import subprocess
+
+    limit = int(limit_gib * 2**30)
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith(tag)]
+    if lines and done.returncode == 0:
+        return json.loads(lines[-1][len(tag):])
+    tail = done.stderr[-1500:]
+    if done.returncode < 0 or any(marker in done.stderr for marker in OOM_MARKERS):
+        return {"oom": True, "limit_gib": limit_gib, "returncode": done.returncode, "stderr_tail": tail[-400:]}
+    return {"error": tail, "returncode": done.returncode}

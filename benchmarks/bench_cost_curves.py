@@ -1,0 +1,490 @@
+"""How the cost of one training step grows with completion length, tool turns and group size: SODTrainer side by
+side with TRL's GRPOTrainer (no teacher: the student's own cost) and TRL's DistillationTrainer, at equal tokens.
+
+What is measured is the *training step on fixed, pre-built trajectories*, not generation: generating 16k tokens
+with HF ``generate`` on this CPU would take minutes per point and swamp everything else (rollout cost is
+``bench_rollout.py``'s business). The trajectories are multi-turn tool trajectories (``turns - 1`` tool calls to
+the in-process calculator, one in three failing, then a final answer), built token-in/token-out by SOD's rollout
+engine from a scripted backend (``ScriptedTurns``-style: it returns canned ids instantly); the very same token ids,
+with the same mask of tool-observation tokens, are handed to TRL's trainers by replacing their ``_generate`` with
+one that returns them (GRPOTrainer then builds its ``tool_mask`` from them exactly as after its tool loop).
+
+Per point and trainer, in a fresh subprocess (address space capped, an over-the-cap point is reported as OOM):
+a warm-up step on a 256-token version of the batch, then the measured step(s) — CPU time (one torch thread) and
+wall time, and the extra peak RSS of the step over the resident models, optimizer and inputs. The SOD step is
+split into its parts (CPU time): the rollout engine's glue (scripted generation, tool calls, observation tokens),
+teacher scoring, the rest of batch preparation (rewards, collation, segmentation, advantages, metrics), the loss's
+forward pass (the step weights computed inside it counted separately) and the rest (backward, clipping, optimizer).
+The GRPO child also times one no-grad teacher forward pass over the same tokens through TRL's fused LM head, for
+the target "SOD step <= GRPO step + one teacher forward".
+
+Models: a narrow Qwen3-shaped student (hidden 64, 2 layers) and teacher (hidden 128, 2 layers), vocab 151,936,
+built from ``Qwen3Config`` in process; fp32, no gradient checkpointing. Each trainer's step is one optimizer step
+on one micro-batch of ``group`` trajectories of one prompt. Axes:
+
+  length  completion 1k, 2k, 4k, 8k, 16k tokens per trajectory, 4 turns, group 2
+  turns   1, 2, 4, 8, 16 assistant turns at 4k tokens per trajectory, group 2
+  group   4, 8, 16 trajectories at 1k tokens, 4 turns
+
+    python benchmarks/bench_cost_curves.py --quick   # vocab 4096, tiny lengths (about a minute)
+    python benchmarks/bench_cost_curves.py           # the full curves (tens of minutes on a shared 2-core CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
+import torch  # noqa: E402
+
+VOCAB = 151_936
+STUDENT = dict(hidden=64, layers=2)
+TEACHER = dict(hidden=128, layers=2)
+TRAINERS = ("sod", "trl_grpo", "trl_distillation")
+WARMUP_TOKENS = 256
+FULL_AXES = {
+    "length": [dict(length=n, turns=4, group=2) for n in (1024, 2048, 4096, 8192, 16384)],
+    "turns": [dict(length=4096, turns=t, group=2) for t in (1, 2, 4, 8, 16)],
+    "group": [dict(length=1024, turns=4, group=g) for g in (4, 8, 16)],
+}
+QUICK_AXES = {
+    "length": [dict(length=n, turns=2, group=2) for n in (128, 256)],
+    "turns": [dict(length=256, turns=t, group=2) for t in (1, 3)],
+    "group": [dict(length=128, turns=2, group=g) for g in (2, 4)],
+}
+
+
+# ---------------------------------------------------------------------------------------------- workload
+class Scripted(C.ScriptedTurns):
+    """``turns`` assistant turns (``turns - 1`` calculator calls, every third failing, then a final answer)
+    totalling about ``length`` completion tokens."""
+
+    FILLER = " First, compute the product. Next, add the remainder."
+
+    def __init__(self, tok, length: int, turns: int):
+        super().__init__(tok, turns=max(0, turns - 1), filler=1)
+        per_filler = len(tok.encode(self.FILLER, add_special_tokens=False))
+        calls = max(0, turns - 1)
+        texts = []
+        for k in range(turns):
+            if k < calls:
+                code = "print(undefined_name * 7)" if k % 3 == 2 else f"print({123 + k} * {45 + k})"
+                texts.append((f"Step {k + 1}.", f"\n```python\n{code}\n```"))
+            else:
+                texts.append(("The answer is \\boxed{5535}.", ""))
+        fixed = sum(len(tok.encode(a + b, add_special_tokens=False)) + 1 for a, b in texts)
+        repeats = max(0, (length - fixed - 8 * calls) // (per_filler * turns))
+        self.texts = [a + self.FILLER * repeats + b for a, b in texts]
+        self.ids = [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in self.texts]
+
+
+def make_models(tok, vocab: int, positions: int):
+    student = C.tiny_model(tok, hidden=STUDENT["hidden"], layers=STUDENT["layers"], vocab=vocab, seed=0)
+    teacher = C.tiny_model(tok, hidden=TEACHER["hidden"], layers=TEACHER["layers"], vocab=vocab, seed=1)
+    for model in (student, teacher):
+        model.config.max_position_embeddings = positions
+    return student, teacher
+
+
+def common_args(point: dict, output_dir: str) -> dict:
+    return dict(output_dir=output_dir, per_device_train_batch_size=point["group"], max_steps=10_000,
+                learning_rate=1e-5, report_to=[], use_cpu=True, save_strategy="no", seed=0, logging_steps=1,
+                bf16=False, gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0,
+                max_completion_length=point["length"] + 1024)
+
+
+def build_sod(point, student, teacher, tok, dataset, output_dir):
+    from sod_trainer import SODConfig, SODTrainer
+
+    args = SODConfig(num_generations=point["group"], max_tool_calling_iterations=max(1, point["turns"]),
+                     max_prompt_length=None, **common_args(point, output_dir))
+    trainer = SODTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+                         processing_class=tok, environment_factory=C.CalculatorEnvironment,
+                         reward_funcs=[C.constant_reward])
+    return trainer
+
+
+def build_trl(kind, point, student, teacher, tok, dataset, output_dir):
+    if kind == "trl_grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        args = GRPOConfig(num_generations=point["group"], beta=0.0, **common_args(point, output_dir))
+        return GRPOTrainer(model=student, reward_funcs=[C.constant_reward], args=args, train_dataset=dataset,
+                           processing_class=tok)
+    from trl import DistillationConfig, DistillationTrainer
+
+    args = DistillationConfig(beta=1.0, temperature=1.0, **common_args(point, output_dir))
+    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+                               processing_class=tok)
+
+
+def fixed_generate(kind: str, trainer, tok, batch: dict):
+    """A ``_generate`` for TRL's trainers that returns the pre-built trajectories (same ids as SOD's)."""
+    texts = tok.batch_decode([[i for i, m in zip(ids, mask) if m] for ids, mask in
+                              zip(batch["completion_ids"], batch["assistant_mask"])], skip_special_tokens=True)
+
+    def generate(prompts):
+        n = len(prompts)
+        prompt_ids = [list(x) for x in batch["prompt_ids"][:n]]
+        completion_ids = [list(x) for x in batch["completion_ids"][:n]]
+        tool_mask = [list(x) for x in batch["assistant_mask"][:n]]
+        if kind == "trl_grpo":
+            completions = [[{"role": "assistant", "content": text}] for text in texts[:n]]
+            return prompt_ids, completion_ids, tool_mask, completions, None, {}, None, []
+        return prompt_ids, completion_ids, tool_mask, None, []
+
+    trainer._generate = generate
+
+
+def truncated(batch: dict, tokens: int) -> dict:
+    return {"prompt_ids": batch["prompt_ids"], "completion_ids": [x[:tokens] for x in batch["completion_ids"]],
+            "assistant_mask": [x[:tokens] for x in batch["assistant_mask"]]}
+
+
+# ---------------------------------------------------------------------------------------------- SOD's parts
+class PartTimer:
+    """CPU seconds spent in the SOD step's parts, by wrapping the methods that do them."""
+
+    def __init__(self, trainer):
+        self.totals: dict[str, float] = {}
+        self.wrap(trainer, "_generate_and_score", "preparation")
+        self.wrap(trainer.rollout_engine, "rollout", "rollout_glue")
+        self.wrap(trainer.scorer.teacher, "score", "teacher_scoring")
+        self.wrap(trainer, "compute_loss", "loss_forward")
+        self.wrap(trainer._on_policy_weighting, "terms", "step_weights")
+
+    def wrap(self, owner, name, label):
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.totals[label] = self.totals.get(label, 0.0) + time.process_time() - start
+
+        setattr(owner, name, timed)
+
+    def take(self, step_cpu: float) -> dict[str, float]:
+        t = dict(self.totals)
+        self.totals.clear()
+        prep, loss = t.get("preparation", 0.0), t.get("loss_forward", 0.0)
+        weights = t.get("step_weights", 0.0)
+        return {"rollout_glue": t.get("rollout_glue", 0.0), "teacher_scoring": t.get("teacher_scoring", 0.0),
+                "other_preparation": prep - t.get("rollout_glue", 0.0) - t.get("teacher_scoring", 0.0),
+                "step_weights": weights, "student_forward_and_loss": loss - weights,
+                "backward_and_optimizer": step_cpu - prep - loss,
+                "sod_overhead": prep - t.get("teacher_scoring", 0.0) + weights,
+                "model_work": t.get("teacher_scoring", 0.0) + loss - weights + step_cpu - prep - loss}
+
+
+# ---------------------------------------------------------------------------------------------- one measurement
+def teacher_forward_cpu(teacher, batch: dict) -> float:
+    """CPU seconds of one no-grad teacher pass over the batch's tokens through TRL's fused LM head."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(teacher)
+    rows = [p + c for p, c in zip(batch["prompt_ids"], batch["completion_ids"])]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (row, prompt) in enumerate(zip(rows, batch["prompt_ids"])):
+        ids[i, :len(row)] = torch.tensor(row)
+        attention[i, :len(row)] = 1
+        labels[i, len(prompt):len(row)] = ids[i, len(prompt):len(row)]
+    teacher.eval()
+    start = time.process_time()
+    with torch.no_grad():
+        teacher(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+    return time.process_time() - start
+
+
+def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int) -> dict:
+    """In a fresh process: one trainer, one point. Warm-up on 256 tokens, then ``steps`` measured steps."""
+    from datasets import Dataset
+
+    tok = C.tokenizer()
+    positions = point["length"] + 2048
+    student, teacher = make_models(tok, vocab, positions)
+    dataset = Dataset.from_list(C.prompt_rows(64))
+    out: dict = {"trainer": kind, **point}
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "sod":
+            trainer = build_sod(point, student, teacher, tok, dataset, tmp)
+            engine = trainer.rollout_engine
+            engine.backend = Scripted(tok, WARMUP_TOKENS, min(point["turns"], 2))
+            recorded = []
+            original_rollout = engine.rollout
+
+            def rollout(*args, **kwargs):
+                trajectories = original_rollout(*args, **kwargs)
+                recorded.append(trajectories)
+                return trajectories
+
+            engine.rollout = rollout
+            stepper = C.ManualStepper(trainer)
+            stepper.step()  # warm-up
+            engine.backend = Scripted(tok, point["length"], point["turns"])
+            parts = PartTimer(trainer)
+        else:
+            batch = json.loads(Path(batch_path).read_text())
+            trainer = build_trl(kind, point, student, teacher, tok, dataset, tmp)
+            fixed_generate(kind, trainer, tok, truncated(batch, WARMUP_TOKENS))
+            stepper = C.ManualStepper(trainer)
+            stepper.step()  # warm-up
+            fixed_generate(kind, trainer, tok, batch)
+        gc.collect()
+        before = C.rss_bytes()
+        walls, cpus, split = [], [], []
+        with C.PeakRSS() as probe:
+            for _ in range(steps):
+                walls.append(stepper.step())
+                cpus.append(stepper.cpu_times[-1])
+                if kind == "sod":
+                    split.append(parts.take(cpus[-1]))
+        peak = max(C.max_rss_bytes(), probe.peak)
+        out.update(wall_s=walls, cpu_s=cpus, extra_peak_mib=C.mib(peak - before),
+                   sampled_extra_peak_mib=C.mib(probe.delta), baseline_rss_mib=C.mib(before))
+        if kind == "sod":
+            trajectories = recorded[-1]
+            batch = {"prompt_ids": [t.prompt_ids for t in trajectories],
+                     "completion_ids": [t.completion_ids for t in trajectories],
+                     "assistant_mask": [t.assistant_mask for t in trajectories]}
+            Path(batch_path).write_text(json.dumps(batch))
+            out["parts_cpu_s"] = {k: statistics.median(s[k] for s in split) for k in split[0]}
+            out["turns_seen"] = statistics.mean(t.num_turns for t in trajectories)
+            out["tool_calls"] = statistics.mean(t.num_tool_calls for t in trajectories)
+        if kind == "trl_grpo":
+            out["teacher_forward_cpu_s"] = teacher_forward_cpu(teacher, batch)
+        out["completion_tokens"] = statistics.mean(len(x) for x in batch["completion_ids"])
+        out["model_tokens"] = statistics.mean(sum(x) for x in batch["assistant_mask"])
+        out["tokens_per_step"] = sum(len(p) + len(c) for p, c in zip(batch["prompt_ids"], batch["completion_ids"]))
+        if hasattr(trainer, "close"):
+            trainer.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def measure_point(axis: str, point: dict, vocab: int, limit_gib: float, steps: int, workdir: str) -> dict:
+    batch_path = os.path.join(workdir, f"{axis}_{point['length']}_{point['turns']}_{point['group']}.json")
+    results = {}
+    for kind in TRAINERS:  # SOD first: it writes the trajectories the others replay
+        if kind != "sod" and not os.path.exists(batch_path):
+            results[kind] = {"error": "no trajectories (the SOD child did not finish)"}
+            continue
+        argv = [sys.executable, __file__, "--child", kind, json.dumps(point), str(vocab), batch_path, str(steps)]
+        results[kind] = C.run_limited_child(argv, limit_gib, timeout=3600)
+        r = results[kind]
+        shown = ("OOM" if r.get("oom") else f"cpu {statistics.median(r['cpu_s']):.2f} s, peak "
+                 f"{r['extra_peak_mib']:.0f} MiB" if "cpu_s" in r else "error " + str(r.get("error"))[-400:])
+        print(f"  {axis} {point} {kind}: {shown}", flush=True)
+    return {"axis": axis, "point": point, "results": results, "ratios": ratios(results)}
+
+
+def ratios(results: dict) -> dict:
+    """SOD over TRL's trainers (CPU time and peak memory), and SOD over GRPO + one teacher forward."""
+    sod, grpo, dist = (results.get(k, {}) for k in TRAINERS)
+
+    def cpu(r):
+        return statistics.median(r["cpu_s"]) if "cpu_s" in r else None
+
+    def mem(r):
+        return r.get("extra_peak_mib") if "extra_peak_mib" in r else None
+
+    out = {}
+    if cpu(sod) and cpu(grpo):
+        out["time_sod_over_grpo"] = cpu(sod) / cpu(grpo)
+        budget = cpu(grpo) + grpo.get("teacher_forward_cpu_s", 0.0)
+        out["time_sod_over_grpo_plus_teacher"] = cpu(sod) / budget
+    if cpu(sod) and cpu(dist):
+        out["time_sod_over_distillation"] = cpu(sod) / cpu(dist)
+    if mem(sod) and mem(grpo):
+        out["memory_sod_over_grpo"] = mem(sod) / mem(grpo)
+    if mem(sod) and mem(dist):
+        out["memory_sod_over_distillation"] = mem(sod) / mem(dist)
+    if "parts_cpu_s" in sod:
+        parts = sod["parts_cpu_s"]
+        out["sod_overhead_share"] = parts["sod_overhead"] / max(cpu(sod), 1e-9)
+    return out
+
+
+def targets(points: list[dict]) -> dict:
+    """The issue's four targets, met or not, with the numbers they rest on."""
+    length = [p for p in points if p["axis"] == "length"]
+    turns = [p for p in points if p["axis"] == "turns"]
+
+    def values(ps, key):
+        return [(p["point"]["length"], p["point"]["turns"], p["point"]["group"], p["ratios"].get(key)) for p in ps]
+
+    mem_grpo = values(length, "memory_sod_over_grpo")
+    mem_dist = [v for v in values(length, "memory_sod_over_distillation") if v[0] >= 8192]
+    time_budget = values(length, "time_sod_over_grpo_plus_teacher")
+    turn_budget = values(turns, "time_sod_over_grpo_plus_teacher")
+
+    def all_le(vs, bound):
+        known = [v[-1] for v in vs if v[-1] is not None]
+        return bool(known) and len(known) == len(vs) and all(x <= bound for x in known)
+
+    def not_growing(vs, slack=1.10):
+        known = [v[-1] for v in vs if v[-1] is not None]
+        return bool(known) and known[-1] <= known[0] * slack
+
+    return {
+        "memory_le_1.2x_grpo_every_length": {"met": all_le(mem_grpo, 1.2), "values": mem_grpo},
+        "memory_le_0.5x_distillation_from_8k": {"met": all_le(mem_dist, 0.5), "values": mem_dist},
+        "time_le_grpo_plus_teacher_forward_every_length": {"met": all_le(time_budget, 1.0), "values": time_budget},
+        "time_ratio_not_growing_1k_to_16k_and_1_to_16_turns": {
+            "met": not_growing(time_budget) and not_growing(turn_budget),
+            "rule": "last point's ratio <= 1.10 x the first point's, on both axes",
+            "length_values": time_budget, "turn_values": turn_budget},
+        "rollout_throughput_ge_trl_tool_loop_at_8_turns": {"met": None, "see": "bench_rollout_vs_trl.py"},
+    }
+
+
+def memory_fit(points: list[dict], ram_gib: float) -> dict:
+    """Per trainer, a line through peak MiB vs tokens per step on the length axis, and the tokens per step at which
+    it would reach the machine's RAM (where it runs out of memory, extrapolated when not reached)."""
+    out = {}
+    for kind in TRAINERS:
+        xs, ys = [], []
+        for p in points:
+            r = p["results"].get(kind, {})
+            if p["axis"] == "length" and "extra_peak_mib" in r:
+                xs.append(r["tokens_per_step"])
+                ys.append(r["extra_peak_mib"] + r["baseline_rss_mib"])
+        if len(xs) < 2:
+            continue
+        mx, my = statistics.mean(xs), statistics.mean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        intercept = my - slope * mx
+        oom_tokens = (ram_gib * 1024 - intercept) / slope if slope > 0 else float("inf")
+        out[kind] = {"mib_per_1k_tokens": slope * 1024, "intercept_mib": intercept,
+                     "tokens_per_step_at_ram": oom_tokens}
+    return out
+
+
+def plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_names = ("length", "turns", "group")
+    x_of = {"length": lambda p: p["length"], "turns": lambda p: p["turns"], "group": lambda p: p["group"]}
+    labels = {"length": "completion tokens per trajectory (4 turns, group 2)",
+              "turns": "assistant turns (4k tokens per trajectory, group 2)",
+              "group": "trajectories per step (1k tokens, 4 turns)"}
+    names = {"sod": "SODTrainer", "trl_grpo": "TRL GRPOTrainer", "trl_distillation": "TRL DistillationTrainer"}
+    fig, grid = plt.subplots(2, 3, figsize=(15, 8.5))
+    for column, axis in enumerate(axes_names):
+        ps = [p for p in points if p["axis"] == axis]
+        for kind, marker in zip(TRAINERS, ("o", "s", "^")):
+            xs, ts, ms = [], [], []
+            for p in ps:
+                r = p["results"].get(kind, {})
+                if "cpu_s" in r:
+                    xs.append(x_of[axis](p["point"]))
+                    ts.append(statistics.median(r["cpu_s"]))
+                    ms.append(r["extra_peak_mib"] / 1024)
+            grid[0, column].plot(xs, ts, marker=marker, label=names[kind])
+            grid[1, column].plot(xs, ms, marker=marker, label=names[kind])
+        xs = [x_of[axis](p["point"]) for p in ps if "teacher_forward_cpu_s" in p["results"].get("trl_grpo", {})]
+        budget = [statistics.median(p["results"]["trl_grpo"]["cpu_s"]) + p["results"]["trl_grpo"]
+                  ["teacher_forward_cpu_s"] for p in ps if "teacher_forward_cpu_s" in p["results"].get("trl_grpo", {})]
+        grid[0, column].plot(xs, budget, linestyle="--", color="gray", label="GRPO + one teacher forward")
+        for row, unit in ((0, "step CPU seconds (1 thread)"), (1, "extra peak RSS of the step (GiB)")):
+            ax = grid[row, column]
+            ax.set_xlabel(labels[axis])
+            ax.set_ylabel(unit)
+            if axis != "group":
+                ax.set_xscale("log", base=2)
+            ax.grid(alpha=0.3)
+        grid[0, column].set_title(f"step time vs {axis}")
+        grid[1, column].set_title(f"peak memory vs {axis}")
+    grid[0, 0].legend(fontsize=8)
+    fig.suptitle("One training step on fixed trajectories, vocab 151,936, student hidden 64 / teacher hidden 128 "
+                 "(CPU, shared machine)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--axes", default="length,turns,group")
+    parser.add_argument("--memory-limit-gib", type=float, default=16.0)
+    parser.add_argument("--plot", default=None, help="where to write the plot (default docs/images/cost_curves.png)")
+    parser.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        kind, point, vocab, batch_path, steps = options.child
+        print("RESULT " + json.dumps(child(kind, json.loads(point), int(vocab), batch_path, int(steps))))
+        return
+    vocab = 4096 if options.quick else VOCAB
+    axes = QUICK_AXES if options.quick else FULL_AXES
+    started = time.time()
+    loads = [os.getloadavg()]
+    points = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for axis in options.axes.split(","):
+            print(f"== axis {axis}", flush=True)
+            for point in axes[axis]:
+                steps = 2 if point["length"] * point["group"] <= 8192 else 1
+                points.append(measure_point(axis, point, vocab, options.memory_limit_gib, steps, workdir))
+                loads.append(os.getloadavg())
+    rows = []
+    for p in points:
+        r, q = p["results"], p["ratios"]
+
+        def cell(kind):
+            x = r.get(kind, {})
+            if x.get("oom"):
+                return "OOM", "OOM"
+            if "cpu_s" not in x:
+                return "err", "err"
+            return f"{statistics.median(x['cpu_s']):.2f}", f"{x['extra_peak_mib']:.0f}"
+
+        (st, sm), (gt, gm), (dt, dm) = (cell(k) for k in TRAINERS)
+        rows.append([p["axis"], p["point"]["length"], p["point"]["turns"], p["point"]["group"], st, gt, dt,
+                     f"{r.get('trl_grpo', {}).get('teacher_forward_cpu_s', float('nan')):.2f}",
+                     f"{q.get('time_sod_over_grpo_plus_teacher', float('nan')):.2f}", sm, gm, dm,
+                     f"{q.get('memory_sod_over_grpo', float('nan')):.2f}",
+                     f"{q.get('memory_sod_over_distillation', float('nan')):.2f}",
+                     f"{q.get('sod_overhead_share', float('nan')):.0%}"])
+    print()
+    print(C.table(rows, ["axis", "tokens/traj", "turns", "group", "SOD s", "GRPO s", "Distill s", "teacher fwd s",
+                         "SOD/(GRPO+teacher)", "SOD MiB", "GRPO MiB", "Distill MiB", "mem SOD/GRPO",
+                         "mem SOD/Distill", "SOD overhead share"]))
+    met = targets(points)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    fit = memory_fit(points, ram)
+    for name, target in met.items():
+        print(f"target {name}: {target['met']}")
+    print("memory fit: " + json.dumps(fit))
+    plot_path = Path(options.plot) if options.plot else (
+        Path(__file__).resolve().parents[1] / "docs" / "images" / "cost_curves.png")
+    if not options.quick or options.plot:
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot(points, plot_path)
+        print(f"plot {plot_path}")
+    C.save("bench_cost_curves", {
+        "vocab": vocab, "student": STUDENT, "teacher": TEACHER, "threads": C.THREADS,
+        "memory_limit_gib": options.memory_limit_gib, "machine_ram_gib": ram,
+        "load_averages_during_run": loads,
+        "note": "training step on fixed pre-built trajectories (no generation); shared 2-core machine",
+        "points": points, "targets": met, "memory_fit": fit, "wall_s": time.time() - started}, options.quick)
+
+
+if __name__ == "__main__":
+    main()
