@@ -192,3 +192,26 @@ def test_flaky_tool_environment_and_retry_data():
     assert len(failed) == 1
     code = messages[failed[0] - 1]["content"].split("```python")[1]
     assert messages[failed[0] + 1]["content"].split("```python")[1] == code  # the same code, sent again
+
+
+def test_summarize_tells_the_flaky_tools_failures_from_the_students_own():
+    """The recovery rate that tests SOD's premise in the flaky world counts trajectories that met an injected
+    failure (TRANSIENT_ERROR), not the student's own tracebacks, and stop reasons are counted."""
+    from sod_trainer.toy.evaluation import ToyRollout, summarize
+    from sod_trainer.toy.tasks import TRANSIENT_ERROR
+
+    def rollout(observations, correct, stop):
+        n = len(observations)
+        return ToyRollout([], [], [], [o != "5" for o in observations], [True] * n, observations, ["t"] * n, "5",
+                          correct, stop)
+
+    rollouts = [rollout([TRANSIENT_ERROR, "5"], True, "answer"),
+                rollout(["NameError: name 'x' is not defined", "5"], False, "budget"),
+                rollout([TRANSIENT_ERROR, TRANSIENT_ERROR], False, "answer"),
+                rollout(["5"], True, "answer")]
+    summary = summarize(rollouts)
+    assert summary["share_with_tool_error"] == 0.75
+    assert summary["accuracy_with_tool_error"] == 1 / 3
+    assert summary["share_with_transient_error"] == 0.5
+    assert summary["accuracy_with_transient_error"] == 0.5
+    assert summary["stop_reasons"] == {"answer": 3, "budget": 1}

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=None, help=f"arms to run (default: all of {list(ARMS)})")
     parser.add_argument("--worlds", nargs="+", default=None, help=f"worlds (default: all of {list(WORLDS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 0 1 2)")
-    for name in ("train_steps", "eval_problems", "eval_samples", "threads"):
+    for name in ("train_steps", "eval_problems", "eval_samples", "threads", "max_completion_length", "max_turns",
+                 "cold_start_steps", "cold_start_trajectories"):
         parser.add_argument(f"--{name}", f"--{name.replace('_', '-')}", type=int, default=None,
                             help=f"default {getattr(defaults, name)} (--quick: {getattr(AblationSettings.quick(), name)})")
     parser.add_argument("--device", default=None, help="cpu (default) or cuda")

@@ -51,16 +51,18 @@ class AblationSettings:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     student_layers: tuple[int, ...] = (0, 1, 3)
-    cold_start_trajectories: int = 256
-    cold_start_steps: int = 30
+    # sitting 1 used 256 trajectories x 30 steps, 320 tokens, 6 turns: too short for a retry to fit or be learned
+    # (docs/ablation.md, "Amendment before sitting 2"); these are sitting 2's settings
+    cold_start_trajectories: int = 512
+    cold_start_steps: int = 90
     cold_start_batch_size: int = 16
     train_problems: int = 2000
     train_steps: int = 20
     prompts_per_step: int = 8
     num_generations: int = 4
     learning_rate: float = 3e-4
-    max_completion_length: int = 320
-    max_turns: int = 6  # assistant turns, in training and evaluation (SODConfig counts tool rounds: max_turns - 1)
+    max_completion_length: int = 640
+    max_turns: int = 8  # assistant turns, in training and evaluation (SODConfig counts tool rounds: max_turns - 1)
     eval_problems: int = 256
     eval_samples: int = 4
     eval_problem_seed: int = 777  # the same held-out problems for every seed and arm (a paired design)

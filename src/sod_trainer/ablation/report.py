@@ -37,6 +37,9 @@ def summarize_grid(grid: dict[str, Any], *, resamples: int = 2000) -> dict[str, 
                                                        for r in runs]),
                 "recovery_rate": _mean([r["eval"]["summary"]["accuracy_with_tool_error"] for r in runs]),
                 "share_with_tool_error": _mean([r["eval"]["summary"]["share_with_tool_error"] for r in runs]),
+                # the flaky tool's injected failures only (None for runs evaluated before this was recorded)
+                "transient_recovery_rate": _mean([r["eval"]["summary"].get("accuracy_with_transient_error")
+                                                  for r in runs]),
             }
             if arm != "sod":
                 entry["difference_to_sod"] = paired_difference(
@@ -63,8 +66,9 @@ def markdown_table(grid: dict[str, Any], summary: dict[str, Any]) -> str:
     for world, entry in summary.items():
         lines += ["", f"### World `{world}` (cold start: {_pct(entry['cold_start_accuracy'])} %)", "",
                   "| arm | accuracy % (mean ± std over seeds) | minus `sod`, points [95 % interval] | tool failures "
-                  "/ traj. | recovery rate % | d after clean obs. | d after error obs. |",
-                  "|---|---|---|---|---|---|---|"]
+                  "/ traj. | recovery rate % | recovery after a transient failure % | d after clean obs. | d after error "
+                  "obs. |",
+                  "|---|---|---|---|---|---|---|---|"]
         for arm, a in entry["arms"].items():
             diff = a.get("difference_to_sod")
             diff_text = "—" if diff is None else (
@@ -74,7 +78,7 @@ def markdown_table(grid: dict[str, Any], summary: dict[str, Any]) -> str:
             d_error = "-" if a["d_after_error"] is None else f"{a['d_after_error']:.3f}"
             tool = "-" if a["tool_failures_per_trajectory"] is None else f"{a['tool_failures_per_trajectory']:.2f}"
             lines.append(f"| `{arm}` | {_pct(a['accuracy_mean'])} ± {_pct(a['accuracy_std'])} | {diff_text} | {tool} "
-                         f"| {_pct(a['recovery_rate'])} | {d_clean} | {d_error} |")
+                         f"| {_pct(a['recovery_rate'])} | {_pct(a.get('transient_recovery_rate'))} | {d_clean} | {d_error} |")
     lines += ["", "`*`: the 95 % interval of the paired difference excludes 0 (bootstrap over seeds, then problems)."]
     if len(settings["seeds"]) < 2:
         lines += ["With one seed the interval covers the evaluation's sampling of problems only, not the seed-to-seed "

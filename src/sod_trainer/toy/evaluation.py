@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tasks import extract_boxed, toy_reward
+from .tasks import TRANSIENT_ERROR, extract_boxed, toy_reward
 
 __all__ = ["ToyRollout", "sample_trajectories", "evaluate_model", "summarize"]
 
@@ -99,6 +99,11 @@ def summarize(rollouts: Sequence[ToyRollout]) -> dict:
     """Accuracy and tool statistics of a set of rollouts."""
     n = max(len(rollouts), 1)
     with_error = [r for r in rollouts if r.num_tool_errors]
+    # the flaky tool's injected failures (toy.environment), told apart from the student's own errors by their text
+    transient = [r for r in rollouts if any(TRANSIENT_ERROR in (o or "") for o in r.observations)]
+    stops: dict[str, int] = {}
+    for r in rollouts:
+        stops[r.stop_reason] = stops.get(r.stop_reason, 0) + 1
     return {
         "n": len(rollouts),
         "accuracy": sum(r.correct for r in rollouts) / n,
@@ -106,6 +111,9 @@ def summarize(rollouts: Sequence[ToyRollout]) -> dict:
         "tool_failures_per_trajectory": sum(r.num_tool_errors for r in rollouts) / n,
         "share_with_tool_error": len(with_error) / n,
         "accuracy_with_tool_error": (sum(r.correct for r in with_error) / len(with_error)) if with_error else None,
+        "share_with_transient_error": len(transient) / n,
+        "accuracy_with_transient_error": (sum(r.correct for r in transient) / len(transient)) if transient else None,
+        "stop_reasons": stops,
         "turns_per_trajectory": sum(len(r.texts) for r in rollouts) / n,
         "boxed_rate": sum(extract_boxed(r.texts[-1] if r.texts else "") is not None for r in rollouts) / n,
     }
