@@ -126,3 +126,15 @@ def test_toy_world_is_usable_from_python(tmp_path):
     with pytest.raises(ValueError, match="toy world's models go together"):
         SODTrainer(model="toy-student", teacher_model=teacher, args=args, train_dataset=dataset,
                    reward_funcs=[toy.toy_reward])
+
+
+def test_quick_demo_states_what_the_ablation_has_shown(quick_report):
+    """Issue 14 item 5: no world has shown SOD ahead of uniform OPD beyond the interval, so the demo says so
+    (with the shipped numbers) and points at the table."""
+    from sod_trainer.ablation.verdict import load_shipped_verdict
+
+    report, _ = quick_report
+    (line,) = report["ablation_answer"]
+    uniform = load_shipped_verdict()["worlds"]["flaky"]["uniform"]
+    assert line.startswith("Does SOD beat uniform OPD? Not shown")
+    assert f"{uniform['minus_sod_points']:+.1f} points" in line and "docs/ablation.md" in line

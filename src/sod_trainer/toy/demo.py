@@ -335,6 +335,9 @@ def run_demo(output_dir: str | os.PathLike = "sod-demo", quick: bool = False, *,
         "trajectory_pages": {"index": "trajectories/index.html", "before": "trajectories/before.html",
                              "after": {scheme: f"trajectories/after_{scheme}.html" for scheme in schemes}},
     }
+    from ..ablation.verdict import answer_lines, load_shipped_verdict
+
+    report["ablation_answer"] = answer_lines(load_shipped_verdict())  # what the ablation has shown (issue 14)
     from .plots import plot_report
 
     report["plots"] = plot_report(report, output_dir)
@@ -343,6 +346,8 @@ def run_demo(output_dir: str | os.PathLike = "sod-demo", quick: bool = False, *,
         _summary_table(report)
         say(f"report: {output_dir / 'report.json'}; plots: {', '.join(report['plots']) or 'none (no matplotlib)'}")
         say(f"trajectories (token-level viewer, before/after): {pages / 'index.html'}")
+        for line in report["ablation_answer"]:
+            say(line)
     return report
 
 

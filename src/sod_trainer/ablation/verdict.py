@@ -1,0 +1,64 @@
+"""What the ablation has shown so far, in one small JSON the demo ships and prints (issue 14, item 5).
+
+:func:`verdict` reads a grid's summary (``report.summarize_grid``) and says, per world and arm, whether SOD is ahead
+(the 95 % interval of ``arm - sod`` lies below 0), behind (above 0) or undecided. The shipped copy
+(``toy/assets/ablation_verdict.json``) is checked by a test against the committed results it names, so the demo
+never states more than the table does.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+__all__ = ["verdict", "load_shipped_verdict", "answer_lines"]
+
+
+def verdict(summary: dict[str, Any], *, source: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per world and arm: the difference to ``sod`` (points), its interval, seeds, and ``sod_ahead`` /
+    ``sod_behind`` / ``undecided``; ``source`` names the table it comes from."""
+    worlds: dict[str, Any] = {}
+    for world, entry in summary.items():
+        arms = {}
+        for arm, a in entry["arms"].items():
+            diff = a.get("difference_to_sod")
+            if diff is None:
+                continue
+            state = "sod_ahead" if diff["high"] < 0 else "sod_behind" if diff["low"] > 0 else "undecided"
+            arms[arm] = {"minus_sod_points": round(100 * diff["estimate"], 1),
+                         "interval_points": [round(100 * diff["low"], 1), round(100 * diff["high"], 1)],
+                         "seeds": a["seeds"], "verdict": state}
+        worlds[world] = arms
+    return {"source": source, "settings": settings or {}, "worlds": worlds}
+
+
+def load_shipped_verdict() -> dict[str, Any] | None:
+    """The verdict shipped with the package, or ``None`` when there is none."""
+    try:
+        text = resources.files("sod_trainer.toy").joinpath("assets/ablation_verdict.json").read_text()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return None
+    return json.loads(text)
+
+
+def answer_lines(shipped: dict[str, Any] | None) -> list[str]:
+    """Plain sentences for the demo: where SOD beat uniform OPD beyond the interval, or that no world has shown it."""
+    if not shipped or not shipped.get("worlds"):
+        return ["Does SOD beat uniform OPD? No ablation result ships with this version; run `sod ablate` "
+                "(docs/ablation.md)."]
+    ahead, other = [], []
+    for world, arms in shipped["worlds"].items():
+        uniform = arms.get("uniform")
+        if uniform is None:
+            continue
+        low, high = uniform["interval_points"]
+        text = (f"world '{world}': uniform - sod = {uniform['minus_sod_points']:+.1f} points "
+                f"[{low:+.1f}, {high:+.1f}], {uniform['seeds']} seeds")
+        (ahead if uniform["verdict"] == "sod_ahead" else other).append(text)
+    if ahead:
+        return ["Does SOD beat uniform OPD? The ablation shows it beyond the 95 % interval in " + "; ".join(ahead)
+                + f" ({shipped['source']})."]
+    return ["Does SOD beat uniform OPD? Not shown: the ablation has found no world where SOD is ahead beyond the "
+            "95 % interval (" + "; ".join(other) + "). The demo trains SOD alone unless asked (--compare uniform trains "
+            f"both from one cold start); the table: {shipped['source']}."]
