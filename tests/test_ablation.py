@@ -87,3 +87,28 @@ def test_sod_ablate_is_a_cli_command(capsys):
     assert stopped.value.code == 0
     out = capsys.readouterr().out
     assert "--output_dir" in out and "--arms" in out and "--quick" in out
+
+
+def test_two_processes_on_one_grid_do_not_run_a_run_twice(tmp_path, monkeypatch):
+    """A second process started on other seeds of the same grid (to use another core) may finish runs the first
+    one listed at its start; the first skips them instead of training them again."""
+    from sod_trainer.ablation import grid
+
+    ran = []
+
+    def fake_run_one(context, output_dir, world, arm, seed):
+        ran.append((arm, seed))
+        payload = {"world": world, "arm": arm, "seed": seed}
+        grid._write_json(run_path(output_dir, world, arm, seed), payload)
+        if (arm, seed) == ("sod", 0):  # meanwhile another process finishes (uniform, 0)
+            grid._write_json(run_path(output_dir, world, "uniform", 0), {**payload, "arm": "uniform", "by": "other"})
+        return payload
+
+    monkeypatch.setattr(grid, "_run_one", fake_run_one)
+    monkeypatch.setattr(grid, "_Context", lambda settings, log: object())
+    logs = []
+    result = grid.run_grid(tmp_path, AblationSettings(worlds=["flaky"], arms=["sod", "uniform"], seeds=[0]),
+                           log=logs.append)
+    assert ran == [("sod", 0)]
+    assert any("finished meanwhile by another process, skipped" in line for line in logs)
+    assert {r["arm"]: r.get("by") for r in result["runs"]} == {"sod": None, "uniform": "other"}

@@ -284,6 +284,9 @@ def run_grid(output_dir: str | os.PathLike, settings: AblationSettings | None = 
     log(f"sod ablate -> {output_dir}: {total} runs, {total - len(todo)} already done, {len(todo)} to run")
     context = _Context(settings, log) if todo else None
     for world, arm, seed in todo:
+        if run_path(output_dir, world, arm, seed).exists():  # another process on the same grid finished it
+            log(f"[{world} seed {seed}] {arm}: finished meanwhile by another process, skipped")
+            continue
         _run_one(context, output_dir, world, arm, seed)
     runs: dict[str, Any] = {"settings": {**asdict(settings), "student_layers": list(settings.student_layers)},
                             "runs": [], "cold_starts": []}
