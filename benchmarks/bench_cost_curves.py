@@ -23,8 +23,11 @@ built from ``Qwen3Config`` in process; fp32, no gradient checkpointing. Each tra
 on one micro-batch of ``group`` trajectories of one prompt. Axes:
 
   length  completion 1k, 2k, 4k, 8k, 16k tokens per trajectory, 4 turns, group 2
-  turns   1, 2, 4, 8, 16 assistant turns at 4k tokens per trajectory, group 2
-  group   4, 8, 16 trajectories at 1k tokens, 4 turns
+  turns   1, 4, 16 assistant turns at 1k tokens per trajectory, group 2
+  group   4, 8, 16 trajectories at 256 tokens, 4 turns
+
+(the turns and group axes are kept short so that the whole run fits a shared 2-core CPU: one step at 16k x 2
+tokens takes minutes per trainer.) A point with at most 2,048 tokens per step is measured over 2 steps, others 1.
 
     python benchmarks/bench_cost_curves.py --quick   # vocab 4096, tiny lengths (about a minute)
     python benchmarks/bench_cost_curves.py           # the full curves (tens of minutes on a shared 2-core CPU)
@@ -53,8 +56,8 @@ TRAINERS = ("sod", "trl_grpo", "trl_distillation")
 WARMUP_TOKENS = 256
 FULL_AXES = {
     "length": [dict(length=n, turns=4, group=2) for n in (1024, 2048, 4096, 8192, 16384)],
-    "turns": [dict(length=4096, turns=t, group=2) for t in (1, 2, 4, 8, 16)],
-    "group": [dict(length=1024, turns=4, group=g) for g in (4, 8, 16)],
+    "turns": [dict(length=1024, turns=t, group=2) for t in (1, 4, 16)],
+    "group": [dict(length=256, turns=4, group=g) for g in (4, 8, 16)],
 }
 QUICK_AXES = {
     "length": [dict(length=n, turns=2, group=2) for n in (128, 256)],
@@ -275,10 +278,15 @@ def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int) -> di
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def measure_point(axis: str, point: dict, vocab: int, limit_gib: float, steps: int, workdir: str) -> dict:
+def measure_point(axis: str, point: dict, vocab: int, limit_gib: float, steps: int, workdir: str,
+                  skip: tuple[str, ...] = ()) -> dict:
     batch_path = os.path.join(workdir, f"{axis}_{point['length']}_{point['turns']}_{point['group']}.json")
     results = {}
     for kind in TRAINERS:  # SOD first: it writes the trajectories the others replay
+        if f"{kind}:{point['length']}" in skip:
+            results[kind] = {"skipped": "left out to fit the session's time (--skip)"}
+            print(f"  {axis} {point} {kind}: skipped", flush=True)
+            continue
         if kind != "sod" and not os.path.exists(batch_path):
             results[kind] = {"error": "no trajectories (the SOD child did not finish)"}
             continue
@@ -331,9 +339,9 @@ def targets(points: list[dict]) -> dict:
     time_budget = values(length, "time_sod_over_grpo_plus_teacher")
     turn_budget = values(turns, "time_sod_over_grpo_plus_teacher")
 
-    def all_le(vs, bound):
+    def all_le(vs, bound):  # over the measured points (a skipped point is listed as None in "values")
         known = [v[-1] for v in vs if v[-1] is not None]
-        return bool(known) and len(known) == len(vs) and all(x <= bound for x in known)
+        return bool(known) and all(x <= bound for x in known)
 
     def not_growing(vs, slack=1.10):
         known = [v[-1] for v in vs if v[-1] is not None]
@@ -352,14 +360,15 @@ def targets(points: list[dict]) -> dict:
 
 
 def memory_fit(points: list[dict], ram_gib: float) -> dict:
-    """Per trainer, a line through peak MiB vs tokens per step on the length axis, and the tokens per step at which
-    it would reach the machine's RAM (where it runs out of memory, extrapolated when not reached)."""
+    """Per trainer, a line through peak MiB vs tokens per step on the length axis (points of 8k tokens per step and
+    more), and the tokens per step at which it would reach the machine's RAM (extrapolated when not reached)."""
     out = {}
     for kind in TRAINERS:
         xs, ys = [], []
         for p in points:
             r = p["results"].get(kind, {})
-            if p["axis"] == "length" and "extra_peak_mib" in r:
+            # TRL's kernels tile 4,096 tokens at a time: below that their buffers grow with the tokens, then stop
+            if p["axis"] == "length" and "extra_peak_mib" in r and r["tokens_per_step"] >= 8192:
                 xs.append(r["tokens_per_step"])
                 ys.append(r["extra_peak_mib"] + r["baseline_rss_mib"])
         if len(xs) < 2:
@@ -382,8 +391,8 @@ def plot(points: list[dict], path: Path) -> None:
     axes_names = ("length", "turns", "group")
     x_of = {"length": lambda p: p["length"], "turns": lambda p: p["turns"], "group": lambda p: p["group"]}
     labels = {"length": "completion tokens per trajectory (4 turns, group 2)",
-              "turns": "assistant turns (4k tokens per trajectory, group 2)",
-              "group": "trajectories per step (1k tokens, 4 turns)"}
+              "turns": "assistant turns (1k tokens per trajectory, group 2)",
+              "group": "trajectories per step (256 tokens, 4 turns)"}
     names = {"sod": "SODTrainer", "trl_grpo": "TRL GRPOTrainer", "trl_distillation": "TRL DistillationTrainer"}
     fig, grid = plt.subplots(2, 3, figsize=(15, 8.5))
     for column, axis in enumerate(axes_names):
@@ -408,6 +417,10 @@ def plot(points: list[dict], path: Path) -> None:
             ax.set_ylabel(unit)
             if axis != "group":
                 ax.set_xscale("log", base=2)
+            ticks = sorted({x_of[axis](p["point"]) for p in ps})
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t // 1024}k" if t >= 1024 else str(t) for t in ticks])
+            ax.minorticks_off()
             ax.grid(alpha=0.3)
         grid[0, column].set_title(f"step time vs {axis}")
         grid[1, column].set_title(f"peak memory vs {axis}")
@@ -425,6 +438,11 @@ def main():
     parser.add_argument("--axes", default="length,turns,group")
     parser.add_argument("--memory-limit-gib", type=float, default=16.0)
     parser.add_argument("--plot", default=None, help="where to write the plot (default docs/images/cost_curves.png)")
+    parser.add_argument("--out", default="bench_cost_curves", help="results name under benchmarks/results/")
+    parser.add_argument("--resume", nargs="*", default=[], help="results JSON files whose measured points are kept")
+    parser.add_argument("--skip", nargs="*", default=[], help="KIND:LENGTH points not to measure")
+    parser.add_argument("--lengths", default=None, help="comma-separated: measure only these lengths of each axis")
+    parser.add_argument("--report", action="store_true", help="only merge --resume files: table, targets, plot")
     parser.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
@@ -436,13 +454,25 @@ def main():
     started = time.time()
     loads = [os.getloadavg()]
     points = []
+    for path in options.resume:  # measured points of earlier (partial or parallel) runs; a later file wins
+        for old in json.loads(Path(path).read_text())["points"]:
+            points = [p for p in points if (p["axis"], p["point"]) != (old["axis"], old["point"])] + [old]
+    done = {(p["axis"], json.dumps(p["point"], sort_keys=True)) for p in points}
     with tempfile.TemporaryDirectory() as workdir:
-        for axis in options.axes.split(","):
+        for axis in ([] if options.report else options.axes.split(",")):
             print(f"== axis {axis}", flush=True)
             for point in axes[axis]:
-                steps = 2 if point["length"] * point["group"] <= 8192 else 1
-                points.append(measure_point(axis, point, vocab, options.memory_limit_gib, steps, workdir))
+                if (axis, json.dumps(point, sort_keys=True)) in done:
+                    continue
+                if options.lengths and str(point["length"]) not in options.lengths.split(","):
+                    continue
+                steps = 2 if point["length"] * point["group"] <= 2048 else 1
+                points.append(measure_point(axis, point, vocab, options.memory_limit_gib, steps, workdir,
+                                            tuple(options.skip)))
                 loads.append(os.getloadavg())
+                save(points, vocab, options, loads, started, partial=True)
+    order = {axis: i for i, axis in enumerate(("length", "turns", "group"))}
+    points.sort(key=lambda p: (order[p["axis"]], p["point"]["length"], p["point"]["turns"], p["point"]["group"]))
     rows = []
     for p in points:
         r, q = p["results"], p["ratios"]
@@ -451,6 +481,8 @@ def main():
             x = r.get(kind, {})
             if x.get("oom"):
                 return "OOM", "OOM"
+            if x.get("skipped"):
+                return "-", "-"
             if "cpu_s" not in x:
                 return "err", "err"
             return f"{statistics.median(x['cpu_s']):.2f}", f"{x['extra_peak_mib']:.0f}"
@@ -478,12 +510,19 @@ def main():
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(points, plot_path)
         print(f"plot {plot_path}")
-    C.save("bench_cost_curves", {
+    save(points, vocab, options, loads, started, partial=False)
+
+
+def save(points, vocab, options, loads, started, partial: bool) -> None:
+    """The JSON (rewritten after every point, so that an interrupted run keeps what it measured)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    C.save(options.out, {
         "vocab": vocab, "student": STUDENT, "teacher": TEACHER, "threads": C.THREADS,
-        "memory_limit_gib": options.memory_limit_gib, "machine_ram_gib": ram,
+        "memory_limit_gib": options.memory_limit_gib, "machine_ram_gib": ram, "partial": partial,
         "load_averages_during_run": loads,
         "note": "training step on fixed pre-built trajectories (no generation); shared 2-core machine",
-        "points": points, "targets": met, "memory_fit": fit, "wall_s": time.time() - started}, options.quick)
+        "points": points, "targets": targets(points), "memory_fit": memory_fit(points, ram),
+        "wall_s": time.time() - started}, options.quick)
 
 
 if __name__ == "__main__":
