@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                          "kl_per_char": sum(gaps) / sum(chars), "accuracy": statistics.fmean(r.correct for r in rollouts)}
         print(f"{name}: {results[name]}", flush=True)
     out = Path(__file__).resolve().parent / "results" / "cross_tokenizer_kl.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    earlier = json.loads(out.read_text()) if out.exists() else {}  # keep other models' rows
+    out.write_text(json.dumps(earlier | results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
