@@ -112,3 +112,14 @@ def test_two_processes_on_one_grid_do_not_run_a_run_twice(tmp_path, monkeypatch)
     assert ran == [("sod", 0)]
     assert any("finished meanwhile by another process, skipped" in line for line in logs)
     assert {r["arm"]: r.get("by") for r in result["runs"]} == {"sod": None, "uniform": "other"}
+
+
+def test_a_run_whose_training_stopped_early_is_not_recorded(tmp_path, monkeypatch):
+    """SIGTERM makes SODTrainer stop cleanly (checkpoint, normal return); the grid must not then evaluate and
+    record that student as if it had trained the full budget."""
+    from sod_trainer.trainer import SODTrainer
+
+    monkeypatch.setattr(SODTrainer, "train", lambda self, *args, **kwargs: None)  # stopped before its first step
+    with pytest.raises(RuntimeError, match="stopped after 0 of 1 steps"):
+        run_ablation(str(tmp_path), settings=_tiny(arms=["sod"]), progress=False)
+    assert not run_path(tmp_path, "stateless", "sod", 3).exists()

@@ -32,12 +32,15 @@ def test_answer_names_the_world_where_sod_is_ahead_and_says_not_shown_otherwise(
     undecided = answer_lines(verdict(_summary(-0.016, 0.029, 0.006), source="table"))
     assert undecided[0].startswith("Does SOD beat uniform OPD? Not shown") and "+0.6 points [-1.6, +2.9]" in undecided[0]
     assert "No ablation result ships" in answer_lines(None)[0]
+    noted = answer_lines(verdict(_summary(-0.016, 0.029, 0.006), source="table", note="Sitting 2 is under way."))
+    assert noted[1] == "Sitting 2 is under way."
 
 
 def test_shipped_verdict_is_recomputed_from_the_committed_results_it_names():
     shipped = load_shipped_verdict()
     path = ROOT / shipped["source"].split("(")[1].rstrip(")")
     committed = json.loads(path.read_text())
-    assert verdict(committed["summary"], source=shipped["source"], settings=shipped["settings"]) == shipped
+    assert verdict(committed["summary"], source=shipped["source"], settings=shipped["settings"],
+                   note=shipped.get("note")) == shipped
     for key, value in shipped["settings"].items():
         assert committed["settings"][key] == value

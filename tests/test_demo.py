@@ -134,7 +134,9 @@ def test_quick_demo_states_what_the_ablation_has_shown(quick_report):
     from sod_trainer.ablation.verdict import load_shipped_verdict
 
     report, _ = quick_report
-    (line,) = report["ablation_answer"]
-    uniform = load_shipped_verdict()["worlds"]["flaky"]["uniform"]
+    shipped = load_shipped_verdict()
+    line, *rest = report["ablation_answer"]
+    assert rest == ([shipped["note"]] if shipped.get("note") else [])
+    uniform = shipped["worlds"]["flaky"]["uniform"]
     assert line.startswith("Does SOD beat uniform OPD? Not shown")
     assert f"{uniform['minus_sod_points']:+.1f} points" in line and "docs/ablation.md" in line

@@ -246,9 +246,13 @@ def _train(context: _Context, student, output_dir: Path, world: str, arm: str, s
     trainer.remove_callback(PrinterCallback)
     try:
         trainer.train()
+        done = trainer.state.global_step
     finally:
         trainer.close()
         scratch.cleanup()
+    if done < s.train_steps:  # e.g. SIGTERM: SODTrainer stops cleanly; such a run must not enter the table
+        raise RuntimeError(f"[{world} seed {seed}] {arm}: training stopped after {done} of {s.train_steps} steps "
+                           "(interrupted?); the run is not recorded. Rerun the grid to run it again.")
     return curve
 
 

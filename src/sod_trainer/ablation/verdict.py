@@ -15,9 +15,10 @@ from typing import Any
 __all__ = ["verdict", "load_shipped_verdict", "answer_lines"]
 
 
-def verdict(summary: dict[str, Any], *, source: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def verdict(summary: dict[str, Any], *, source: str, settings: dict[str, Any] | None = None,
+            note: str | None = None) -> dict[str, Any]:
     """Per world and arm: the difference to ``sod`` (points), its interval, seeds, and ``sod_ahead`` /
-    ``sod_behind`` / ``undecided``; ``source`` names the table it comes from."""
+    ``sod_behind`` / ``undecided``; ``source`` names the table it comes from, ``note`` is said after the answer."""
     worlds: dict[str, Any] = {}
     for world, entry in summary.items():
         arms = {}
@@ -30,7 +31,10 @@ def verdict(summary: dict[str, Any], *, source: str, settings: dict[str, Any] | 
                          "interval_points": [round(100 * diff["low"], 1), round(100 * diff["high"], 1)],
                          "seeds": a["seeds"], "verdict": state}
         worlds[world] = arms
-    return {"source": source, "settings": settings or {}, "worlds": worlds}
+    result = {"source": source, "settings": settings or {}, "worlds": worlds}
+    if note:
+        result["note"] = note
+    return result
 
 
 def load_shipped_verdict() -> dict[str, Any] | None:
@@ -56,9 +60,10 @@ def answer_lines(shipped: dict[str, Any] | None) -> list[str]:
         text = (f"world '{world}': uniform - sod = {uniform['minus_sod_points']:+.1f} points "
                 f"[{low:+.1f}, {high:+.1f}], {uniform['seeds']} seeds")
         (ahead if uniform["verdict"] == "sod_ahead" else other).append(text)
+    note = [shipped["note"]] if shipped.get("note") else []  # e.g. a sitting still under way
     if ahead:
         return ["Does SOD beat uniform OPD? The ablation shows it beyond the 95 % interval in " + "; ".join(ahead)
-                + f" ({shipped['source']})."]
+                + f" ({shipped['source']})."] + note
     return ["Does SOD beat uniform OPD? Not shown: the ablation has found no world where SOD is ahead beyond the "
             "95 % interval (" + "; ".join(other) + "). The demo trains SOD alone unless asked (--compare uniform trains "
-            f"both from one cold start); the table: {shipped['source']}."]
+            f"both from one cold start); the table: {shipped['source']}."] + note
