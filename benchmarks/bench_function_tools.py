@@ -29,22 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 
 
-class IncrementEnv:
-    def reset(self, **kwargs) -> None:
-        self._counter = 0
-
-    def increment(self, a: int) -> int:
-        """
-        Increment the counter by a specified value.
-
-        Args:
-            a: The value to increment by.
-
-        Returns:
-            The incremented counter.
-        """
-        self._counter += a
-        return self._counter
 
 
 class Counter:
@@ -77,7 +61,7 @@ def main(argv=None) -> int:
     tok = build_tokenizer()
     tok.add_tokens(["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"])
     tok.chat_template = qwen3_chat_template
-    setup = FunctionTools(tok, IncrementEnv)
+    setup = FunctionTools(tok, C.IncrementEnv)
     function = setup()
     function.reset()
     interpreter = TextToolEnvironment(Counter(), ToolResponseFormatter(tok))

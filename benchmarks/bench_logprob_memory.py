@@ -84,17 +84,7 @@ def child(variant: str, mode: str, tokens: int) -> dict:
 
     run(inputs(1))  # warm-up: lazy initialisation, autograd state
     batch = inputs(completion)
-    import gc
-
-    gc.collect()
-    before = C.rss_bytes()
-    start = time.perf_counter()
-    with C.PeakRSS() as probe:
-        run(batch)
-    elapsed = time.perf_counter() - start
-    peak = max(C.max_rss_bytes(), probe.peak)
-    return {"variant": variant, "mode": mode, "tokens": tokens, "extra_peak_mib": C.mib(peak - before),
-            "sampled_extra_peak_mib": C.mib(probe.delta), "baseline_rss_mib": C.mib(before), "seconds": elapsed,
+    return {"variant": variant, "mode": mode, "tokens": tokens, **C.measure_call(run, batch),
             "full_logits_fp32_mib": C.mib(tokens * VOCAB * 4)}
 
 

@@ -24,9 +24,7 @@ Three modes: ``score`` (no grad: a teacher / reference pass), ``train`` (forward
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -167,15 +165,7 @@ def child(path: str, mode: str, tokens: int, vocab: int, hidden: int) -> dict:
 
     run(make_batch(64, vocab, 64))
     batch = make_batch(tokens, vocab, min(ROW_TOKENS, tokens))
-    gc.collect()
-    before = C.rss_bytes()
-    start = time.perf_counter()
-    with C.PeakRSS() as probe:
-        run(batch)
-    elapsed = time.perf_counter() - start
-    peak = max(C.max_rss_bytes(), probe.peak)
-    return {"path": path, "mode": mode, "tokens": tokens, "extra_peak_mib": C.mib(peak - before),
-            "sampled_extra_peak_mib": C.mib(probe.delta), "baseline_rss_mib": C.mib(before), "seconds": elapsed}
+    return {"path": path, "mode": mode, "tokens": tokens, **C.measure_call(run, batch)}
 
 
 def main():

@@ -35,27 +35,6 @@ import common as C  # noqa: E402
 TURNS = 8
 
 
-class IncrementEnv:
-    """TRL's documented environment shape: ``reset(**kwargs)`` and one public, typed, documented tool method."""
-
-    def __init__(self):
-        self._counter = 0
-
-    def reset(self, **kwargs) -> None:
-        self._counter = 0
-
-    def increment(self, a: int) -> int:
-        """
-        Increment the counter by a specified value.
-
-        Args:
-            a: The value to increment by.
-
-        Returns:
-            The incremented counter.
-        """
-        self._counter += a
-        return self._counter
 
 
 def counter_reward(completions, **kwargs) -> list[float]:
@@ -110,12 +89,12 @@ def build(kind: str, model, tok, dataset, group: int, output_dir: str):
         from sod_trainer import SODConfig, SODTrainer
 
         return SODTrainer(model=model, teacher_model=copy.deepcopy(model), args=SODConfig(**common),
-                          train_dataset=dataset, processing_class=tok, environment_factory=IncrementEnv,
+                          train_dataset=dataset, processing_class=tok, environment_factory=C.IncrementEnv,
                           reward_funcs=[counter_reward])
     from trl import GRPOConfig, GRPOTrainer
 
     return GRPOTrainer(model=model, reward_funcs=[counter_reward], args=GRPOConfig(beta=0.0, **common),
-                       train_dataset=dataset, processing_class=tok, environment_factory=IncrementEnv)
+                       train_dataset=dataset, processing_class=tok, environment_factory=C.IncrementEnv)
 
 
 class Timed:

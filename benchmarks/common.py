@@ -221,6 +221,42 @@ class PeakRSS:
         return self.peak - self.baseline
 
 
+def measure_call(run: Callable[[Any], Any], batch: Any) -> dict[str, float]:
+    """Extra peak RSS (ru_maxrss and sampled) and wall time of ``run(batch)`` in this process, in MiB / seconds."""
+    gc.collect()
+    before = rss_bytes()
+    start = time.perf_counter()
+    with PeakRSS() as probe:
+        run(batch)
+    elapsed = time.perf_counter() - start
+    peak = max(max_rss_bytes(), probe.peak)
+    return {"extra_peak_mib": mib(peak - before), "sampled_extra_peak_mib": mib(probe.delta),
+            "baseline_rss_mib": mib(before), "seconds": elapsed}
+
+
+class IncrementEnv:
+    """TRL's documented environment shape: ``reset(**kwargs)`` and one public, typed, documented tool method."""
+
+    def __init__(self):
+        self._counter = 0
+
+    def reset(self, **kwargs) -> None:
+        self._counter = 0
+
+    def increment(self, a: int) -> int:
+        """
+        Increment the counter by a specified value.
+
+        Args:
+            a: The value to increment by.
+
+        Returns:
+            The incremented counter.
+        """
+        self._counter += a
+        return self._counter
+
+
 # ---------------------------------------------------------------------------------------------- output
 def machine_info() -> dict[str, Any]:
     import transformers
