@@ -27,15 +27,24 @@ on one micro-batch of ``group`` trajectories of one prompt. Axes:
   group   4, 8, 16 trajectories at 256 tokens, 4 turns
 
 (the turns and group axes are kept short so that the whole run fits a shared 2-core CPU: one step at 16k x 2
-tokens takes minutes per trainer.) A point with at most 2,048 tokens per step is measured over 2 steps, others 1.
+tokens takes minutes per trainer.) By default a point with at most 2,048 tokens per step is measured over 2 steps,
+others 1; ``--repeats`` sets the number of measured steps (per trainer if wanted), and then the GRPO child times the
+teacher forward as many times. Tables give medians and, with repeats, min-max.
 
     python benchmarks/bench_cost_curves.py --quick   # vocab 4096, tiny lengths (about a minute)
     python benchmarks/bench_cost_curves.py           # the full curves (tens of minutes on a shared 2-core CPU)
+    # endpoints of the length axis, 3 measured steps each (1 for the distillation trainer), batches kept on disk so
+    # that a later run can measure another trainer on the same trajectories; then merge the runs
+    python benchmarks/bench_cost_curves.py --axes length --lengths 1024,16384 --repeats 3 trl_distillation=1 \
+        --workdir /tmp/cost --out bench_cost_curves_r1 --plot none
+    python benchmarks/bench_cost_curves.py --report --resume benchmarks/results/bench_cost_curves_r1.json ... \
+        --out bench_cost_curves_repeats --plot none
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -191,8 +200,8 @@ class PartTimer:
 
 
 # ---------------------------------------------------------------------------------------------- one measurement
-def teacher_forward_cpu(teacher, batch: dict) -> float:
-    """CPU seconds of one no-grad teacher pass over the batch's tokens through TRL's fused LM head."""
+def teacher_forward_cpu(teacher, batch: dict, times: int = 1) -> list[float]:
+    """CPU seconds of ``times`` no-grad teacher passes over the batch's tokens through TRL's fused LM head."""
     from trl.trainer.utils import add_fused_lm_head
 
     add_fused_lm_head(teacher)
@@ -206,10 +215,13 @@ def teacher_forward_cpu(teacher, batch: dict) -> float:
         attention[i, :len(row)] = 1
         labels[i, len(prompt):len(row)] = ids[i, len(prompt):len(row)]
     teacher.eval()
-    start = time.process_time()
-    with torch.no_grad():
-        teacher(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
-    return time.process_time() - start
+    seconds = []
+    for _ in range(times):
+        start = time.process_time()
+        with torch.no_grad():
+            teacher(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+        seconds.append(time.process_time() - start)
+    return seconds
 
 
 def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int) -> dict:
@@ -268,7 +280,9 @@ def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int) -> di
             out["turns_seen"] = statistics.mean(t.num_turns for t in trajectories)
             out["tool_calls"] = statistics.mean(t.num_tool_calls for t in trajectories)
         if kind == "trl_grpo":
-            out["teacher_forward_cpu_s"] = teacher_forward_cpu(teacher, batch)
+            forwards = teacher_forward_cpu(teacher, batch, times=steps)
+            out["teacher_forward_cpu_s"] = statistics.median(forwards)
+            out["teacher_forward_cpu_s_all"] = forwards
         out["completion_tokens"] = statistics.mean(len(x) for x in batch["completion_ids"])
         out["model_tokens"] = statistics.mean(sum(x) for x in batch["assistant_mask"])
         out["tokens_per_step"] = sum(len(p) + len(c) for p, c in zip(batch["prompt_ids"], batch["completion_ids"]))
@@ -278,7 +292,29 @@ def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int) -> di
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def measure_point(axis: str, point: dict, vocab: int, limit_gib: float, steps: int, workdir: str,
+def default_steps(point: dict) -> int:
+    """Measured steps of a point when ``--repeats`` does not say: 2 at up to 2,048 tokens per step, else 1."""
+    return 2 if point["length"] * point["group"] <= 2048 else 1
+
+
+def parse_repeats(values: list[str]) -> dict[str, int]:
+    """``["3", "trl_distillation=1"]`` -> ``{"*": 3, "trl_distillation": 1}`` (measured steps per trainer)."""
+    out = {}
+    for value in values:
+        kind, _, count = value.rpartition("=")
+        kind = kind or "*"
+        if kind not in ("*", *TRAINERS) or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--repeats {value!r}: expected N or KIND=N with N >= 1 and KIND one of {TRAINERS}")
+        out[kind] = int(count)
+    return out
+
+
+def steps_for(kind: str, point: dict, repeats: dict[str, int]) -> int:
+    """Measured steps of one trainer at one point."""
+    return repeats.get(kind, repeats.get("*", default_steps(point)))
+
+
+def measure_point(axis: str, point: dict, vocab: int, limit_gib: float, steps: int | dict, workdir: str,
                   skip: tuple[str, ...] = ()) -> dict:
     batch_path = os.path.join(workdir, f"{axis}_{point['length']}_{point['turns']}_{point['group']}.json")
     results = {}
@@ -290,17 +326,38 @@ def measure_point(axis: str, point: dict, vocab: int, limit_gib: float, steps: i
         if kind != "sod" and not os.path.exists(batch_path):
             results[kind] = {"error": "no trajectories (the SOD child did not finish)"}
             continue
-        argv = [sys.executable, __file__, "--child", kind, json.dumps(point), str(vocab), batch_path, str(steps)]
+        n = steps_for(kind, point, steps) if isinstance(steps, dict) else steps
+        argv = [sys.executable, __file__, "--child", kind, json.dumps(point), str(vocab), batch_path, str(n)]
         results[kind] = C.run_limited_child(argv, limit_gib, timeout=3600)
         r = results[kind]
-        shown = ("OOM" if r.get("oom") else f"cpu {statistics.median(r['cpu_s']):.2f} s, peak "
+        shown = ("OOM" if r.get("oom") else f"cpu {spread(r['cpu_s'])} s, peak "
                  f"{r['extra_peak_mib']:.0f} MiB" if "cpu_s" in r else "error " + str(r.get("error"))[-400:])
         print(f"  {axis} {point} {kind}: {shown}", flush=True)
     return {"axis": axis, "point": point, "results": results, "ratios": ratios(results)}
 
 
+def spread(values: list[float], digits: int = 2) -> str:
+    """``median`` of one value, ``median [min-max]`` of several."""
+    median = f"{statistics.median(values):.{digits}f}"
+    return median if len(values) < 2 else f"{median} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def merge_points(points: list[dict], new: dict) -> list[dict]:
+    """``points`` with ``new`` merged in: per trainer, a measured (or OOM) result of ``new`` replaces the old one,
+    a skipped one does not; the ratios are recomputed."""
+    for p in points:
+        if (p["axis"], p["point"]) == (new["axis"], new["point"]):
+            results = dict(p["results"])
+            for kind, r in new["results"].items():
+                if kind not in results or not r.get("skipped"):
+                    results[kind] = r
+            return [q for q in points if q is not p] + [{**p, "results": results, "ratios": ratios(results)}]
+    return points + [new]
+
+
 def ratios(results: dict) -> dict:
-    """SOD over TRL's trainers (CPU time and peak memory), and SOD over GRPO + one teacher forward."""
+    """SOD over TRL's trainers (CPU time and peak memory), and SOD over GRPO + one teacher forward (the ratio of
+    medians; with several measured steps also its widest range: min SOD / max budget .. max SOD / min budget)."""
     sod, grpo, dist = (results.get(k, {}) for k in TRAINERS)
 
     def cpu(r):
@@ -314,6 +371,11 @@ def ratios(results: dict) -> dict:
         out["time_sod_over_grpo"] = cpu(sod) / cpu(grpo)
         budget = cpu(grpo) + grpo.get("teacher_forward_cpu_s", 0.0)
         out["time_sod_over_grpo_plus_teacher"] = cpu(sod) / budget
+        forwards = grpo.get("teacher_forward_cpu_s_all", [grpo.get("teacher_forward_cpu_s", 0.0)])
+        if len(sod["cpu_s"]) > 1 or len(grpo["cpu_s"]) > 1:
+            out["time_sod_over_grpo_plus_teacher_range"] = [
+                min(sod["cpu_s"]) / (max(grpo["cpu_s"]) + max(forwards)),
+                max(sod["cpu_s"]) / (min(grpo["cpu_s"]) + min(forwards))]
     if cpu(sod) and cpu(dist):
         out["time_sod_over_distillation"] = cpu(sod) / cpu(dist)
     if mem(sod) and mem(grpo):
@@ -347,14 +409,19 @@ def targets(points: list[dict]) -> dict:
         known = [v[-1] for v in vs if v[-1] is not None]
         return bool(known) and known[-1] <= known[0] * slack
 
+    def ranges(ps):
+        return [(p["point"]["length"], p["point"]["turns"], p["point"]["group"],
+                 p["ratios"].get("time_sod_over_grpo_plus_teacher_range")) for p in ps]
+
     return {
         "memory_le_1.2x_grpo_every_length": {"met": all_le(mem_grpo, 1.2), "values": mem_grpo},
         "memory_le_0.5x_distillation_from_8k": {"met": all_le(mem_dist, 0.5), "values": mem_dist},
         "time_le_grpo_plus_teacher_forward_every_length": {"met": all_le(time_budget, 1.0), "values": time_budget},
         "time_ratio_not_growing_1k_to_16k_and_1_to_16_turns": {
             "met": not_growing(time_budget) and not_growing(turn_budget),
-            "rule": "last point's ratio <= 1.10 x the first point's, on both axes",
-            "length_values": time_budget, "turn_values": turn_budget},
+            "rule": "last point's ratio <= 1.10 x the first point's, on both axes (ratios of median step times)",
+            "length_values": time_budget, "turn_values": turn_budget,
+            "length_ranges": ranges(length), "turn_ranges": ranges(turns)},
         "rollout_throughput_ge_trl_tool_loop_at_8_turns": {"met": None, "see": "bench_rollout_vs_trl.py"},
     }
 
@@ -437,7 +504,13 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--axes", default="length,turns,group")
     parser.add_argument("--memory-limit-gib", type=float, default=16.0)
-    parser.add_argument("--plot", default=None, help="where to write the plot (default docs/images/cost_curves.png)")
+    parser.add_argument("--plot", default=None,
+                        help="where to write the plot (default docs/images/cost_curves.png; 'none': no plot)")
+    parser.add_argument("--repeats", nargs="*", default=[],
+                        help="measured steps per trainer and point: N, or KIND=N (default: 2 up to 2,048 tokens "
+                             "per step, else 1)")
+    parser.add_argument("--workdir", default=None,
+                        help="keep the trajectories (written by the SOD child) here, for a later run's TRL children")
     parser.add_argument("--out", default="bench_cost_curves", help="results name under benchmarks/results/")
     parser.add_argument("--resume", nargs="*", default=[], help="results JSON files whose measured points are kept")
     parser.add_argument("--skip", nargs="*", default=[], help="KIND:LENGTH points not to measure")
@@ -449,6 +522,7 @@ def main():
         kind, point, vocab, batch_path, steps = options.child
         print("RESULT " + json.dumps(child(kind, json.loads(point), int(vocab), batch_path, int(steps))))
         return
+    repeats = parse_repeats(options.repeats)
     vocab = 4096 if options.quick else VOCAB
     axes = QUICK_AXES if options.quick else FULL_AXES
     started = time.time()
@@ -456,9 +530,11 @@ def main():
     points = []
     for path in options.resume:  # measured points of earlier (partial or parallel) runs; a later file wins
         for old in json.loads(Path(path).read_text())["points"]:
-            points = [p for p in points if (p["axis"], p["point"]) != (old["axis"], old["point"])] + [old]
+            points = merge_points(points, old)
     done = {(p["axis"], json.dumps(p["point"], sort_keys=True)) for p in points}
-    with tempfile.TemporaryDirectory() as workdir:
+    if options.workdir:
+        Path(options.workdir).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(options.workdir) if options.workdir else tempfile.TemporaryDirectory()) as workdir:
         for axis in ([] if options.report else options.axes.split(",")):
             print(f"== axis {axis}", flush=True)
             for point in axes[axis]:
@@ -466,8 +542,7 @@ def main():
                     continue
                 if options.lengths and str(point["length"]) not in options.lengths.split(","):
                     continue
-                steps = 2 if point["length"] * point["group"] <= 2048 else 1
-                points.append(measure_point(axis, point, vocab, options.memory_limit_gib, steps, workdir,
+                points.append(measure_point(axis, point, vocab, options.memory_limit_gib, repeats, workdir,
                                             tuple(options.skip)))
                 loads.append(os.getloadavg())
                 save(points, vocab, options, loads, started, partial=True)
@@ -485,12 +560,16 @@ def main():
                 return "-", "-"
             if "cpu_s" not in x:
                 return "err", "err"
-            return f"{statistics.median(x['cpu_s']):.2f}", f"{x['extra_peak_mib']:.0f}"
+            return spread(x["cpu_s"]), f"{x['extra_peak_mib']:.0f}"
 
         (st, sm), (gt, gm), (dt, dm) = (cell(k) for k in TRAINERS)
+        grpo = r.get("trl_grpo", {})
+        forwards = grpo.get("teacher_forward_cpu_s_all", [grpo.get("teacher_forward_cpu_s", float("nan"))])
+        budget = f"{q.get('time_sod_over_grpo_plus_teacher', float('nan')):.2f}"
+        if "time_sod_over_grpo_plus_teacher_range" in q:
+            budget += " [{:.2f}-{:.2f}]".format(*q["time_sod_over_grpo_plus_teacher_range"])
         rows.append([p["axis"], p["point"]["length"], p["point"]["turns"], p["point"]["group"], st, gt, dt,
-                     f"{r.get('trl_grpo', {}).get('teacher_forward_cpu_s', float('nan')):.2f}",
-                     f"{q.get('time_sod_over_grpo_plus_teacher', float('nan')):.2f}", sm, gm, dm,
+                     spread(forwards), budget, sm, gm, dm,
                      f"{q.get('memory_sod_over_grpo', float('nan')):.2f}",
                      f"{q.get('memory_sod_over_distillation', float('nan')):.2f}",
                      f"{q.get('sod_overhead_share', float('nan')):.0%}"])
@@ -506,7 +585,9 @@ def main():
     print("memory fit: " + json.dumps(fit))
     plot_path = Path(options.plot) if options.plot else (
         Path(__file__).resolve().parents[1] / "docs" / "images" / "cost_curves.png")
-    if not options.quick or options.plot:
+    if options.plot == "none":
+        pass
+    elif not options.quick or options.plot:
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(points, plot_path)
         print(f"plot {plot_path}")
@@ -519,6 +600,7 @@ def save(points, vocab, options, loads, started, partial: bool) -> None:
     C.save(options.out, {
         "vocab": vocab, "student": STUDENT, "teacher": TEACHER, "threads": C.THREADS,
         "memory_limit_gib": options.memory_limit_gib, "machine_ram_gib": ram, "partial": partial,
+        "repeats": options.repeats or "default (2 steps up to 2,048 tokens per step, else 1)",
         "load_averages_during_run": loads,
         "note": "training step on fixed pre-built trajectories (no generation); shared 2-core machine",
         "points": points, "targets": targets(points), "memory_fit": memory_fit(points, ram),

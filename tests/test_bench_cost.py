@@ -49,7 +49,9 @@ def test_cost_curve_children_replay_sods_trajectories_for_trl(tmp_path):
     bench = _load("bench_cost_curves")
     point = dict(length=160, turns=3, group=2)
     batch_path = str(tmp_path / "batch.json")
-    results = {kind: bench.child(kind, point, 1024, batch_path, 1) for kind in bench.TRAINERS}
+    # GRPO measured over 2 steps (and 2 teacher forwards), as with ``--repeats trl_grpo=2``
+    results = {kind: bench.child(kind, point, 1024, batch_path, 2 if kind == "trl_grpo" else 1)
+               for kind in bench.TRAINERS}
     batch = json.loads(Path(batch_path).read_text())
     # the multi-turn structure reached TRL's trainers: tool observations are masked out of the loss
     assert all(0 in mask for mask in batch["assistant_mask"])
@@ -61,12 +63,44 @@ def test_cost_curve_children_replay_sods_trajectories_for_trl(tmp_path):
     assert parts["sod_overhead"] + parts["model_work"] == pytest.approx(statistics.median(results["sod"]["cpu_s"]),
                                                                          rel=1e-6)
     assert results["trl_grpo"]["teacher_forward_cpu_s"] > 0
+    assert len(results["trl_grpo"]["cpu_s"]) == 2 and len(results["trl_grpo"]["teacher_forward_cpu_s_all"]) == 2
     point_result = {"axis": "length", "point": point, "results": results, "ratios": bench.ratios(results)}
     assert {"time_sod_over_grpo_plus_teacher", "memory_sod_over_distillation"} <= set(point_result["ratios"])
+    low, high = point_result["ratios"]["time_sod_over_grpo_plus_teacher_range"]
+    assert low <= point_result["ratios"]["time_sod_over_grpo_plus_teacher"] <= high
     met = bench.targets([point_result])
     assert set(met) >= {"memory_le_1.2x_grpo_every_length", "time_le_grpo_plus_teacher_forward_every_length"}
     bench.plot([point_result], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_cost_curve_repeats_and_runs_of_separate_trainers_merge_into_one_point():
+    bench = _load("bench_cost_curves")
+    repeats = bench.parse_repeats(["3", "trl_distillation=1"])
+    assert repeats == {"*": 3, "trl_distillation": 1}
+    with pytest.raises(ValueError, match="trl_grpoo=2"):
+        bench.parse_repeats(["trl_grpoo=2"])
+    long_point, short_point = dict(length=16384, turns=4, group=2), dict(length=256, turns=4, group=4)
+    assert [bench.steps_for(k, long_point, repeats) for k in bench.TRAINERS] == [3, 3, 1]
+    assert bench.steps_for("sod", long_point, {}) == 1 and bench.steps_for("sod", short_point, {}) == 2
+    skipped = {"skipped": "--skip"}
+    # run A: SOD (3 steps) and the distillation trainer; run B, later, GRPO on the same trajectories
+    run_a = {"sod": {"cpu_s": [10.0, 12.0, 11.0], "extra_peak_mib": 100.0}, "trl_grpo": skipped,
+             "trl_distillation": {"cpu_s": [40.0], "extra_peak_mib": 400.0}}
+    run_b = {"sod": skipped, "trl_grpo": {"cpu_s": [20.0, 22.0, 18.0], "teacher_forward_cpu_s": 5.0,
+                                          "teacher_forward_cpu_s_all": [5.0, 4.0, 6.0], "extra_peak_mib": 200.0},
+             "trl_distillation": skipped}
+    points = []
+    for results in (run_a, run_b):
+        points = bench.merge_points(points, {"axis": "length", "point": long_point, "results": results,
+                                             "ratios": bench.ratios(results)})
+    assert len(points) == 1 and "skipped" not in str(points[0]["results"])
+    ratios = points[0]["ratios"]
+    assert ratios["time_sod_over_grpo_plus_teacher"] == pytest.approx(11 / (20 + 5))
+    assert ratios["time_sod_over_grpo_plus_teacher_range"] == pytest.approx([10 / (22 + 6), 12 / (18 + 4)])
+    assert ratios["memory_sod_over_grpo"] == pytest.approx(0.5)
+    assert ratios["memory_sod_over_distillation"] == pytest.approx(0.25)
+    assert bench.spread([11.0, 10.0, 12.0]) == "11.00 [10.00-12.00]" and bench.spread([4.0]) == "4.00"
 
 
 def test_rollout_comparison_runs_the_same_trl_environment_through_both_loops():
