@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import types
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,22 +17,21 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from transformers.utils import is_peft_available
 
-from .checkpoints import COMPLETE_MARKER, is_resumable, last_complete_checkpoint, mark_complete, set_aside_incomplete
 from .config import SODConfig, retry_policy
 from .environments import PythonSandbox, PythonToolEnvironment, SandboxConfig, ToolEnvironment
 from .environments.function_tools import resolve_environment_factory
-from .interrupt import InterruptCallback, InterruptHandler, TrainingInterrupted
+from .interrupt import InterruptCallback, InterruptHandler
 from .logprobs import sampled_token_logprobs
 from .rollout import HFGenerationBackend, RolloutEngine, ToolResponseFormatter
 from .on_policy import OnPolicyWeighting, is_on_policy
-from .retry import ServerUnavailableError
 from .reward_calling import RewardCaller
 from .scoring import RolloutScorer, ScoredBatch, fill_samples
 from .segmenters import StepSegmenter, get_segmenter
 from .teacher import LocalTeacher, resolve_teacher_tokenizer
+from .trainer_checkpointing import CheckpointingMixin
+from .trainer_setup import load_model, placeholder_dataset, prompt_options, warn_interpreter_fields
 from .validation import (check_chat_template, validate_prompts, validate_reward_columns,
                          validate_reward_signatures)
 
@@ -46,69 +44,7 @@ def _identity(rows):
     return rows
 
 
-_INTERPRETER_FIELDS = ("tool_call_format", "tool_response_template", "max_tool_response_chars", "tool_timeout",
-                       "tool_persistent", "tool_memory_mb", "tool_max_processes", "tool_isolation")
-
-
-def _warn_interpreter_fields(args) -> None:
-    """The built-in code interpreter's settings do nothing for TRL-style function tools: say so when one is set."""
-    defaults = SODConfig.__dataclass_fields__
-    changed = [f"{name}={getattr(args, name)!r}" for name in _INTERPRETER_FIELDS
-               if getattr(args, name) != defaults[name].default]
-    if changed:
-        logger.warning("%s only configure%s the built-in code interpreter; TRL-style environments and tools=[...] "
-                       "call functions (their results are shown in full, as in TRL). Drop %s.", ", ".join(changed),
-                       "s" if len(changed) == 1 else "", "it" if len(changed) == 1 else "them")
-
-
-def _placeholder_dataset(function_tools, args):
-    """As TRL: without a train_dataset, an environment whose ``reset`` returns the prompt drives the run; one rollout
-    batch's worth of empty prompts, cycled for ``max_steps``."""
-    from datasets import Dataset
-
-    if function_tools.multi_environment:
-        raise ValueError("A dict environment_factory (several environments) needs a train_dataset with an "
-                         "`environment` column to route each row to its environment. Pass a dataset, or a single "
-                         "environment factory.")
-    if args.max_steps <= 0:
-        raise ValueError("Without a train_dataset (the environment returns the prompt from reset()), set max_steps to "
-                         "a positive number to define the training length, e.g. SODConfig(max_steps=100).")
-    rows = args.generation_batch_size // args.num_generations
-    return Dataset.from_dict({"prompt": [[{"role": "user", "content": ""}]] * rows})
-
-
-def _prompt_options(function_tools):
-    """The prompt-rendering arguments (function tools, template) of the environment a dataset row selects."""
-
-    def options(row):
-        name = row.get("environment") if function_tools.multi_environment else None
-        return {"tools": function_tools.environment_tools.get(name) or None,
-                "chat_template": function_tools.chat_template}
-
-    return options
-
-
-def _load_model(name_or_path: str, init_kwargs: dict | None, args: SODConfig, what: str) -> PreTrainedModel:
-    """Load a model named by a string as TRL's GRPOTrainer does (``trl``'s ``create_model_from_path``: the
-    architecture from the config, ``dtype`` as a string or ``torch.dtype``, ``device_map`` None under DDP/DeepSpeed)."""
-    from trl.trainer.utils import create_model_from_path
-
-    kwargs = dict(init_kwargs or {})  # a copy: args.model_init_kwargs stays as given
-    if "torch_dtype" in kwargs and "dtype" not in kwargs:  # the older transformers name
-        kwargs["dtype"] = kwargs.pop("torch_dtype")
-    if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
-        kwargs["device_map"] = None  # as TRL: "auto" fails under distributed training
-    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    try:
-        return create_model_from_path(name_or_path, **kwargs)
-    except OSError as error:
-        raise OSError(
-            f"Could not load the {what} {name_or_path!r}: {error}. Pass a local path, or make sure the Hugging "
-            "Face Hub is reachable (HF_HUB_OFFLINE must be unset)."
-        ) from error
-
-
-class SODTrainer(Trainer):
+class SODTrainer(CheckpointingMixin, Trainer):
     """Step-wise on-policy distillation of ``teacher_model`` into ``model`` on multi-turn tool rollouts.
 
     Args:
@@ -178,12 +114,12 @@ class SODTrainer(Trainer):
             model, teacher_model, processing_class = resolve_toy_names(model, teacher_model, processing_class,
                                                                        seed=args.seed)
         if isinstance(model, str):
-            model = _load_model(model, args.model_init_kwargs, args, "student")
+            model = load_model(model, args.model_init_kwargs, args, "student")
         if teacher_model is None and args.teacher_server_url is None and args.opd_coef != 0:
             raise ValueError("No teacher: pass teacher_model=..., or set teacher_model_name_or_path or "
                              "teacher_server_url in SODConfig (only opd_coef=0, plain GRPO, needs none).")
         if isinstance(teacher_model, str):
-            teacher_model = _load_model(teacher_model, args.teacher_model_init_kwargs, args, "teacher")
+            teacher_model = load_model(teacher_model, args.teacher_model_init_kwargs, args, "teacher")
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         if processing_class.pad_token is None:
@@ -230,7 +166,7 @@ class SODTrainer(Trainer):
                 "response without the function schemas, so it would score a different context. Use a teacher with "
                 "the student's tokenizer, or the code-interpreter environment.")
         if function_tools is not None:
-            _warn_interpreter_fields(args)
+            warn_interpreter_fields(args)
         environment_rewards = list(function_tools.reward_funcs) if function_tools is not None else []
         if not reward_funcs + environment_rewards and args.grpo_coef != 0:
             raise ValueError(
@@ -241,13 +177,13 @@ class SODTrainer(Trainer):
 
         environment_prompt = function_tools is not None and bool(function_tools.factories)
         if train_dataset is None and environment_prompt:
-            train_dataset = _placeholder_dataset(function_tools, args)
+            train_dataset = placeholder_dataset(function_tools, args)
         if args.validate_dataset:
             for dataset in (train_dataset, eval_dataset):
                 if function_tools is not None:
                     function_tools.check_rows(dataset)
                 validate_prompts(dataset, processing_class, args,
-                                 _prompt_options(function_tools) if function_tools is not None else None,
+                                 prompt_options(function_tools) if function_tools is not None else None,
                                  environment_prompt=environment_prompt)
                 validate_reward_columns(dataset, reward_funcs)
         # a reward that cannot take TRL's keyword arguments, or needs a column the data lacks, fails here, not at
@@ -547,110 +483,6 @@ class SODTrainer(Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
-
-    # ------------------------------------------------------------------ training, interruption, checkpoints
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """As ``Trainer.train``; SIGTERM/Ctrl-C save a checkpoint and return cleanly (see :mod:`.interrupt`)."""
-        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in ("true", "false"):
-            resume_from_checkpoint = resume_from_checkpoint.strip().lower() == "true"  # `--resume_from_checkpoint true`
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no completely written "
-                                 "checkpoint.")
-            if self.accelerator.is_main_process:
-                set_aside_incomplete(self.args.output_dir, resume_from_checkpoint)
-            self.accelerator.wait_for_everyone()
-        elif resume_from_checkpoint and not is_resumable(resume_from_checkpoint):
-            raise ValueError(f"{resume_from_checkpoint} was not completely written (the run stopped while saving it; "
-                             f"it has no {COMPLETE_MARKER}). Resume from an earlier checkpoint, or pass "
-                             "resume_from_checkpoint=True for the newest complete one.")
-        if resume_from_checkpoint:
-            self._load_sod_state(resume_from_checkpoint)
-        self.interrupt_handler.install()
-        try:
-            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-            if self.interrupt_handler.requested:  # stopped by InterruptCallback after a step, checkpoint saved
-                output.metrics["interrupted"] = 1.0
-            return output
-        except TrainingInterrupted as interruption:
-            folder = self._save_at_step_boundary()
-            logger.warning("Training interrupted by %s: saved %s; resume with train(resume_from_checkpoint=True).",
-                           interruption, folder)
-            return TrainOutput(self.state.global_step, float("nan"), {"interrupted": 1.0})
-        except ServerUnavailableError as error:
-            folder = self._save_at_step_boundary()
-            message = (f"{error}\nSaved {folder} (step {self.state.global_step}) and stopped. Once the {error.server} "
-                       "answers again, resume with trainer.train(resume_from_checkpoint=True) (`sod train ... "
-                       "--resume_from_checkpoint true`); it continues from that step.")
-            logger.error(message)
-            raise type(error)(message, server=error.server, url=error.url, attempts=error.attempts) from error
-        finally:
-            self.interrupt_handler.restore()
-
-    def _save_at_step_boundary(self) -> str:
-        """Save the model as of the last finished optimizer step (a rollout starts a step, so a stop during
-        one drops only that step's partial work) and return the checkpoint folder."""
-        self.model.zero_grad(set_to_none=True)
-        self._buffered_inputs = None
-        self._step = self.state.global_step * self.args.gradient_accumulation_steps
-        self._save_checkpoint(self.model, trial=None)
-        self.control.should_training_stop = True
-        return os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-
-    def _sod_state_path(self, folder: str) -> str:
-        return os.path.join(folder, f"sod_state_{self.accelerator.process_index}.pt")
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """As ``Trainer.save_model``; also writes the run's rollout format (``sod_rollout.yaml``: tool-call format,
-        chat-template arguments, tool output cut, tool rounds), which ``sod eval --model <folder>`` reads."""
-        super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            from .evaluation.arguments import write_rollout_file
-
-            write_rollout_file(self.args, output_dir or self.args.output_dir)
-
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
-                          tags: str | list[str] | None = None) -> None:
-        """Write the model card (``README.md`` in ``output_dir``), with TRL's signature: tags ``trl`` and ``sod``,
-        the SOD paper's citation and the run's recipe (see :mod:`sod_trainer.model_card`)."""
-        from .model_card import write_model_card
-
-        write_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
-
-    def _save_checkpoint(self, model, trial):
-        # as TRL's trainers: the model card is written with every checkpoint
-        self.create_model_card(model_name=(self.args.hub_model_id or os.path.basename(os.path.normpath(
-            self.args.output_dir))).split("/")[-1])
-        # Trainer deletes old checkpoints (save_total_limit) at the end of its save; we do it only once this one
-        # is marked complete, so a crash while saving never leaves no resumable checkpoint behind
-        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = save_total_limit
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        buffered = None
-        if self._buffered_inputs is not None:
-            buffered = [{key: value.cpu() for key, value in part.items()} for part in self._buffered_inputs]
-        torch.save({"step": self._step, "buffered_inputs": buffered}, self._sod_state_path(folder))
-        self.accelerator.wait_for_everyone()  # every process has written its part ...
-        if self.args.should_save:
-            mark_complete(folder, self.state.global_step)  # ... then the checkpoint counts (crash safety)
-            rotate_checkpoints(output_dir=self._get_output_dir(trial=trial), save_total_limit=save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-
-    def _load_sod_state(self, folder: str) -> None:
-        path = self._sod_state_path(folder)
-        if not os.path.exists(path):
-            logger.warning("%s has no SOD state (rollout buffer position); starting a fresh rollout batch.", folder)
-            return
-        state = torch.load(path, weights_only=False)
-        self._step = state["step"]
-        buffered = state["buffered_inputs"]
-        device = self.accelerator.device
-        self._buffered_inputs = None if buffered is None else [
-            {key: value.to(device) for key, value in part.items()} for part in buffered]
 
     def evaluate(self, *args, **kwargs) -> dict[str, float]:
         """As ``Trainer.evaluate``; the returned dict also holds the rollout metrics (``eval_accuracy``, ...)."""
