@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--other-cold-start-steps", type=int, default=240)
     parser.add_argument("--other-cold-start-trajectories", type=int, default=1024)
     parser.add_argument("--grpo-coef", type=float, default=1.0, help="outcome (GRPO) term's weight; 0: distillation only")
+    parser.add_argument("--opd-coef", type=float, default=1.0,
+                        help="distillation term's weight; 0: plain GRPO, a control without the teacher's signal")
     parser.add_argument("--same-cold-start-steps", type=int, default=30, help="the demo's cold start")
     parser.add_argument("--same-cold-start-trajectories", type=int, default=256)
     parser.add_argument("--family", choices=["chatml", "header"], default="chatml",
@@ -270,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         settings = DemoSettings(sod_steps=args.sod_steps, eval_problems=args.eval_problems,
                                 prompts_per_step=args.prompts_per_step,
-                                max_completion_length=args.max_completion_length, grpo_coef=args.grpo_coef)
+                                max_completion_length=args.max_completion_length, grpo_coef=args.grpo_coef,
+                                opd_coef=args.opd_coef)
     eval_rows = [dict(row) for row in build_dataset(settings.eval_problems, seed=settings.seed, split="eval")]
     train_dataset = build_dataset(settings.train_problems, seed=settings.seed, split="train")
     run_settings = dataclasses.asdict(settings) | {
@@ -286,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         tag += f"-same_cold_start{args.same_cold_start_steps}x{args.same_cold_start_trajectories}"
     if settings.grpo_coef != 1.0:
         tag += f"-grpo_coef{settings.grpo_coef:g}"
+    if settings.opd_coef != 1.0:
+        tag += f"-opd_coef{settings.opd_coef:g}"
     work = Path(args.work_dir) / ("quick-" + tag if args.quick else tag)
     run = {"label": args.label or tag, "teacher": teacher_path, "settings": run_settings,
            "note": "shared 2-core CPU (other jobs on the other core), torch threads = 1", "students": {}}

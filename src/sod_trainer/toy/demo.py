@@ -46,6 +46,7 @@ class DemoSettings:
     learning_rate: float = 3e-4
     step_weighting: str = "sod"
     grpo_coef: float = 1.0
+    opd_coef: float = 1.0  # 0: plain GRPO (the teacher's signal left out), a control
     max_completion_length: int = 320
     max_tool_calling_iterations: int = 6
     tool_workers: int = 4
@@ -161,7 +162,7 @@ def _train(student, teacher, tokenizer, train_dataset, settings: DemoSettings, s
         output_dir=scratch.name, max_steps=settings.sod_steps,
         per_device_train_batch_size=batch, num_generations=settings.num_generations,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
-        step_weighting=scheme, grpo_coef=settings.grpo_coef,
+        step_weighting=scheme, grpo_coef=settings.grpo_coef, opd_coef=settings.opd_coef,
         max_completion_length=settings.max_completion_length,
         max_tool_calling_iterations=settings.max_tool_calling_iterations, tool_workers=settings.tool_workers,
         temperature=1.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=settings.seed,
