@@ -140,3 +140,26 @@ def test_quick_demo_states_what_the_ablation_has_shown(quick_report):
     uniform = shipped["worlds"]["flaky"]["uniform"]
     assert line.startswith("Does SOD beat uniform OPD? Not shown")
     assert f"{uniform['minus_sod_points']:+.1f} points" in line and "docs/ablation.md" in line
+
+
+def test_demo_settings_weights_of_the_two_terms_reach_the_trainer(monkeypatch, tmp_path):
+    """``DemoSettings.opd_coef`` (0: a plain-GRPO control) and ``grpo_coef`` are what SODTrainer is built with."""
+    import torch
+
+    import sod_trainer.trainer
+    from sod_trainer.toy.demo import DemoSettings, _Progress, _train
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(*, args, **kwargs):
+        seen["args"] = args
+        raise Stop
+
+    monkeypatch.setattr(sod_trainer.trainer, "SODTrainer", fake_trainer)
+    settings = DemoSettings.quick(opd_coef=0.0, grpo_coef=1.0)
+    with pytest.raises(Stop):
+        _train(torch.nn.Linear(1, 1), None, None, [], settings, "sod", tmp_path, _Progress(enabled=False))
+    assert seen["args"].opd_coef == 0.0 and seen["args"].grpo_coef == 1.0
