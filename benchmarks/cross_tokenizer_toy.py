@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--other-cold-start-steps", type=int, default=240)
     parser.add_argument("--other-cold-start-trajectories", type=int, default=1024)
     parser.add_argument("--grpo-coef", type=float, default=1.0, help="outcome (GRPO) term's weight; 0: distillation only")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed (cold-start data and order, SOD batches, sampling); the held-out problems "
+                             "stay those of seed 0")
     parser.add_argument("--opd-coef", type=float, default=1.0,
                         help="distillation term's weight; 0: plain GRPO, a control without the teacher's signal")
     parser.add_argument("--same-cold-start-steps", type=int, default=30, help="the demo's cold start")
@@ -270,11 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         args.other_cold_start_steps, args.other_cold_start_trajectories, args.eval_samples = 4, 32, 1
         args.same_cold_start_steps, args.same_cold_start_trajectories = 4, 32
     else:
-        settings = DemoSettings(sod_steps=args.sod_steps, eval_problems=args.eval_problems,
+        settings = DemoSettings(seed=args.seed, sod_steps=args.sod_steps, eval_problems=args.eval_problems,
                                 prompts_per_step=args.prompts_per_step,
                                 max_completion_length=args.max_completion_length, grpo_coef=args.grpo_coef,
                                 opd_coef=args.opd_coef)
-    eval_rows = [dict(row) for row in build_dataset(settings.eval_problems, seed=settings.seed, split="eval")]
+    eval_rows = [dict(row) for row in build_dataset(settings.eval_problems, seed=0, split="eval")]  # every seed
     train_dataset = build_dataset(settings.train_problems, seed=settings.seed, split="train")
     run_settings = dataclasses.asdict(settings) | {
         "student_layers": list(settings.student_layers), "eval_samples": args.eval_samples,
@@ -291,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         tag += f"-grpo_coef{settings.grpo_coef:g}"
     if settings.opd_coef != 1.0:
         tag += f"-opd_coef{settings.opd_coef:g}"
+    if settings.seed != 0:
+        tag += f"-seed{settings.seed}"
     work = Path(args.work_dir) / ("quick-" + tag if args.quick else tag)
     run = {"label": args.label or tag, "teacher": teacher_path, "settings": run_settings,
            "note": "shared 2-core CPU (other jobs on the other core), torch threads = 1", "students": {}}
