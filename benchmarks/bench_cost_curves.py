@@ -405,9 +405,11 @@ def targets(points: list[dict]) -> dict:
         known = [v[-1] for v in vs if v[-1] is not None]
         return bool(known) and all(x <= bound for x in known)
 
-    def not_growing(vs, slack=1.10):
+    def not_growing(vs, slack=1.10):  # None: fewer than two measured points on the axis
         known = [v[-1] for v in vs if v[-1] is not None]
-        return bool(known) and known[-1] <= known[0] * slack
+        return None if len(known) < 2 else known[-1] <= known[0] * slack
+
+    on_length, on_turns = not_growing(time_budget), not_growing(turn_budget)
 
     def ranges(ps):
         return [(p["point"]["length"], p["point"]["turns"], p["point"]["group"],
@@ -418,7 +420,8 @@ def targets(points: list[dict]) -> dict:
         "memory_le_0.5x_distillation_from_8k": {"met": all_le(mem_dist, 0.5), "values": mem_dist},
         "time_le_grpo_plus_teacher_forward_every_length": {"met": all_le(time_budget, 1.0), "values": time_budget},
         "time_ratio_not_growing_1k_to_16k_and_1_to_16_turns": {
-            "met": not_growing(time_budget) and not_growing(turn_budget),
+            "met": (False if False in (on_length, on_turns) else None if None in (on_length, on_turns) else True),
+            "met_length": on_length, "met_turns": on_turns,
             "rule": "last point's ratio <= 1.10 x the first point's, on both axes (ratios of median step times)",
             "length_values": time_budget, "turn_values": turn_budget,
             "length_ranges": ranges(length), "turn_ranges": ranges(turns)},
@@ -515,6 +518,7 @@ def main():
     parser.add_argument("--resume", nargs="*", default=[], help="results JSON files whose measured points are kept")
     parser.add_argument("--skip", nargs="*", default=[], help="KIND:LENGTH points not to measure")
     parser.add_argument("--lengths", default=None, help="comma-separated: measure only these lengths of each axis")
+    parser.add_argument("--turns", default=None, help="comma-separated: measure only these numbers of turns")
     parser.add_argument("--report", action="store_true", help="only merge --resume files: table, targets, plot")
     parser.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -541,6 +545,8 @@ def main():
                 if (axis, json.dumps(point, sort_keys=True)) in done:
                     continue
                 if options.lengths and str(point["length"]) not in options.lengths.split(","):
+                    continue
+                if options.turns and str(point["turns"]) not in options.turns.split(","):
                     continue
                 points.append(measure_point(axis, point, vocab, options.memory_limit_gib, repeats, workdir,
                                             tuple(options.skip)))

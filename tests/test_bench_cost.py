@@ -101,6 +101,16 @@ def test_cost_curve_repeats_and_runs_of_separate_trainers_merge_into_one_point()
     assert ratios["memory_sod_over_grpo"] == pytest.approx(0.5)
     assert ratios["memory_sod_over_distillation"] == pytest.approx(0.25)
     assert bench.spread([11.0, 10.0, 12.0]) == "11.00 [10.00-12.00]" and bench.spread([4.0]) == "4.00"
+    # the "ratio does not grow" target is judged per axis, on the ratios of medians; an axis not measured is None
+    short = {"sod": {"cpu_s": [1.0, 1.1, 0.9]}, "trl_grpo": {"cpu_s": [1.6, 1.5, 1.7], "teacher_forward_cpu_s": 0.4}}
+    points = bench.merge_points(points, {"axis": "length", "point": dict(length=1024, turns=4, group=2),
+                                         "results": short, "ratios": bench.ratios(short)})
+    points.sort(key=lambda p: p["point"]["length"])
+    grows = bench.targets(points)["time_ratio_not_growing_1k_to_16k_and_1_to_16_turns"]
+    assert grows["met_length"] is True and grows["met_turns"] is None and grows["met"] is None  # 1k 0.50, 16k 0.44
+    short["trl_grpo"]["teacher_forward_cpu_s"] = 1.0  # 1k: 1 / 2.6 = 0.38; 16k: 0.44 = 1.14 x that > 1.10 x
+    points[0]["ratios"] = bench.ratios(short)
+    assert bench.targets(points)["time_ratio_not_growing_1k_to_16k_and_1_to_16_turns"]["met_length"] is False
 
 
 def test_rollout_comparison_runs_the_same_trl_environment_through_both_loops():
