@@ -123,3 +123,28 @@ def test_a_run_whose_training_stopped_early_is_not_recorded(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="stopped after 0 of 1 steps"):
         run_ablation(str(tmp_path), settings=_tiny(arms=["sod"]), progress=False)
     assert not run_path(tmp_path, "stateless", "sod", 3).exists()
+
+
+def test_a_runs_seconds_leave_out_the_shared_cold_start(tmp_path, monkeypatch):
+    """The first arm of a seed trains the cold start every arm shares; its run time must not include it (sittings
+    1-3 recorded it in the first arm's ``seconds``)."""
+    from sod_trainer.ablation import grid
+
+    clock = [1000.0]
+    monkeypatch.setattr(grid.time, "monotonic", lambda: clock[0])
+
+    def cold_start(*args):
+        clock[0] += 3600.0  # an hour of SFT
+        return object(), {}
+
+    def train(*args):
+        clock[0] += 60.0
+        return []
+
+    monkeypatch.setattr(grid, "_cold_start", cold_start)
+    monkeypatch.setattr(grid, "_train", train)
+    monkeypatch.setattr(grid, "_evaluate", lambda *args, **kwargs: {"accuracy": 0.5})
+    context = type("Context", (), {"settings": AblationSettings(), "log": staticmethod(lambda line: None)})()
+    payload = grid._run_one(context, tmp_path, "flaky", "sod", 0)
+    assert payload["seconds"] == 60.0
+    assert json.loads(run_path(tmp_path, "flaky", "sod", 0).read_text())["seconds"] == 60.0

@@ -257,8 +257,8 @@ def _train(context: _Context, student, output_dir: Path, world: str, arm: str, s
 
 
 def _run_one(context: _Context, output_dir: Path, world: str, arm: str, seed: int) -> dict:
-    started = time.monotonic()
     student, _ = _cold_start(context, output_dir, world, seed)
+    started = time.monotonic()  # the run's own time: the cold start is shared by every arm of the seed
     context.log(f"[{world} seed {seed}] {arm}: training {context.settings.train_steps} steps")
     curve = _train(context, student, output_dir, world, arm, seed)
     evaluation = _evaluate(context, student, world, seed, page=dict(
