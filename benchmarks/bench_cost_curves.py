@@ -61,6 +61,17 @@ import torch  # noqa: E402
 VOCAB = 151_936
 STUDENT = dict(hidden=64, layers=2)
 TEACHER = dict(hidden=128, layers=2)
+# ``--shape``: "narrow" is the CPU default above (heads, head_dim and MLP width as ``common.tiny_model`` sets them);
+# "qwen3-0.6b" is Qwen3-0.6B's config for the student and Qwen3-4B's for the teacher (random weights, no Hub)
+SHAPES = {
+    "narrow": {"student": STUDENT, "teacher": TEACHER},
+    "qwen3-0.6b": {
+        "student": dict(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072, tied=True),
+        "teacher": dict(hidden=2560, layers=36, heads=32, kv_heads=8, head_dim=128, intermediate=9728, tied=True),
+    },
+}
+DTYPES = ("float32", "bfloat16")
+CPU_SETUP = {"device": "cpu", "dtype": "float32", "shape": "narrow", "gradient_checkpointing": False}
 TRAINERS = ("sod", "trl_grpo", "trl_distillation")
 WARMUP_TOKENS = 256
 FULL_AXES = {
@@ -99,42 +110,79 @@ class Scripted(C.ScriptedTurns):
         self.ids = [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in self.texts]
 
 
-def make_models(tok, vocab: int, positions: int):
-    student = C.tiny_model(tok, hidden=STUDENT["hidden"], layers=STUDENT["layers"], vocab=vocab, seed=0)
-    teacher = C.tiny_model(tok, hidden=TEACHER["hidden"], layers=TEACHER["layers"], vocab=vocab, seed=1)
-    for model in (student, teacher):
+def qwen3_config(tok, spec: dict, vocab: int, positions: int):
+    """A ``Qwen3Config`` of one ``SHAPES`` entry with full Qwen3 dimensions (heads, KV heads, head_dim, MLP)."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab, hidden_size=spec["hidden"], intermediate_size=spec["intermediate"],
+        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"], num_key_value_heads=spec["kv_heads"],
+        head_dim=spec["head_dim"], max_position_embeddings=positions, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+        tie_word_embeddings=spec["tied"])
+
+
+def build_model(tok, spec: dict, vocab: int, positions: int, seed: int, device: str = "cpu",
+                dtype: str = "float32"):
+    """One model of a ``SHAPES`` entry with random weights, created directly on ``device`` in ``dtype``."""
+    from transformers import Qwen3ForCausalLM
+
+    if "heads" not in spec:  # the narrow CPU shape: exactly as before
+        model = C.tiny_model(tok, hidden=spec["hidden"], layers=spec["layers"], vocab=vocab, seed=seed)
         model.config.max_position_embeddings = positions
+        return model if (device, dtype) == ("cpu", "float32") else model.to(device=device, dtype=getattr(torch, dtype))
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(qwen3_config(tok, spec, vocab, positions))
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+def make_models(tok, vocab: int, positions: int, setup: dict | None = None):
+    """Student and teacher of ``setup["shape"]`` on ``setup["device"]`` in ``setup["dtype"]`` (CPU fp32 narrow)."""
+    setup = {**CPU_SETUP, **(setup or {})}
+    shape = SHAPES[setup["shape"]]
+    student = build_model(tok, shape["student"], vocab, positions, 0, setup["device"], setup["dtype"])
+    teacher = build_model(tok, shape["teacher"], vocab, positions, 1, setup["device"], setup["dtype"])
     return student, teacher
 
 
-def common_args(point: dict, output_dir: str) -> dict:
+def common_args(point: dict, output_dir: str, setup: dict | None = None) -> dict:
+    setup = {**CPU_SETUP, **(setup or {})}
     return dict(output_dir=output_dir, per_device_train_batch_size=point["group"], max_steps=10_000,
-                learning_rate=1e-5, report_to=[], use_cpu=True, save_strategy="no", seed=0, logging_steps=1,
-                bf16=False, gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0,
-                max_completion_length=point["length"] + 1024)
+                learning_rate=1e-5, report_to=[], use_cpu=setup["device"] == "cpu", save_strategy="no", seed=0,
+                logging_steps=1, bf16=setup["dtype"] == "bfloat16",
+                gradient_checkpointing=setup["gradient_checkpointing"], disable_tqdm=True,
+                dataloader_num_workers=0, max_completion_length=point["length"] + 1024)
 
 
-def build_sod(point, student, teacher, tok, dataset, output_dir):
+def build_sod(point, student, teacher, tok, dataset, output_dir, setup=None):
     from sod_trainer import SODConfig, SODTrainer
 
     args = SODConfig(num_generations=point["group"], max_tool_calling_iterations=max(1, point["turns"]),
-                     max_prompt_length=None, **common_args(point, output_dir))
+                     max_prompt_length=None, **common_args(point, output_dir, setup))
     trainer = SODTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
                          processing_class=tok, environment_factory=C.CalculatorEnvironment,
                          reward_funcs=[C.constant_reward])
     return trainer
 
 
-def build_trl(kind, point, student, teacher, tok, dataset, output_dir):
+def build_trl(kind, point, student, teacher, tok, dataset, output_dir, setup=None):
     if kind == "trl_grpo":
         from trl import GRPOConfig, GRPOTrainer
 
-        args = GRPOConfig(num_generations=point["group"], beta=0.0, **common_args(point, output_dir))
+        args = GRPOConfig(num_generations=point["group"], beta=0.0, **common_args(point, output_dir, setup))
         return GRPOTrainer(model=student, reward_funcs=[C.constant_reward], args=args, train_dataset=dataset,
                            processing_class=tok)
     from trl import DistillationConfig, DistillationTrainer
 
-    args = DistillationConfig(beta=1.0, temperature=1.0, **common_args(point, output_dir))
+    args = DistillationConfig(beta=1.0, temperature=1.0, **common_args(point, output_dir, setup))
     return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
                                processing_class=tok)
 
@@ -164,9 +212,11 @@ def truncated(batch: dict, tokens: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------- SOD's parts
 class PartTimer:
-    """CPU seconds spent in the SOD step's parts, by wrapping the methods that do them."""
+    """Seconds spent in the SOD step's parts, by wrapping the methods that do them (``clock``: CPU time, or on
+    CUDA a synchronizing wall clock)."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, clock=time.process_time):
+        self.clock = clock
         self.totals: dict[str, float] = {}
         self.wrap(trainer, "_generate_and_score", "preparation")
         self.wrap(trainer.rollout_engine, "rollout", "rollout_glue")
@@ -178,11 +228,11 @@ class PartTimer:
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            start = time.process_time()
+            start = self.clock()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.totals[label] = self.totals.get(label, 0.0) + time.process_time() - start
+                self.totals[label] = self.totals.get(label, 0.0) + self.clock() - start
 
         setattr(owner, name, timed)
 
@@ -200,8 +250,9 @@ class PartTimer:
 
 
 # ---------------------------------------------------------------------------------------------- one measurement
-def teacher_forward_cpu(teacher, batch: dict, times: int = 1) -> list[float]:
-    """CPU seconds of ``times`` no-grad teacher passes over the batch's tokens through TRL's fused LM head."""
+def teacher_forward_cpu(teacher, batch: dict, times: int = 1, clock=time.process_time) -> list[float]:
+    """Seconds (``clock``: CPU time by default) of ``times`` no-grad teacher passes over the batch's tokens through
+    TRL's fused LM head."""
     from trl.trainer.utils import add_fused_lm_head
 
     add_fused_lm_head(teacher)
@@ -214,28 +265,62 @@ def teacher_forward_cpu(teacher, batch: dict, times: int = 1) -> list[float]:
         ids[i, :len(row)] = torch.tensor(row)
         attention[i, :len(row)] = 1
         labels[i, len(prompt):len(row)] = ids[i, len(prompt):len(row)]
+    device = next(teacher.parameters()).device
+    ids, attention, labels = ids.to(device), attention.to(device), labels.to(device)
     teacher.eval()
     seconds = []
     for _ in range(times):
-        start = time.process_time()
+        start = clock()
         with torch.no_grad():
             teacher(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
-        seconds.append(time.process_time() - start)
+        seconds.append(clock() - start)
     return seconds
 
 
-def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int) -> dict:
-    """In a fresh process: one trainer, one point. Warm-up on 256 tokens, then ``steps`` measured steps."""
+def cuda_clock() -> float:
+    """Wall seconds after the GPU's queued work is done."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def step_times(r: dict) -> list[float]:
+    """A child's measured step times: CPU seconds, or on CUDA synchronized wall seconds."""
+    return r["wall_s"] if r.get("clock") == "cuda_wall" else r["cpu_s"]
+
+
+def forward_times(grpo: dict, default: float = 0.0) -> list[float]:
+    """The GRPO child's teacher-forward times, on the same clock as ``step_times``."""
+    key = "teacher_forward_s" if grpo.get("clock") == "cuda_wall" else "teacher_forward_cpu_s"
+    return grpo.get(key + "_all", [grpo.get(key, default)])
+
+
+def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int, setup: dict | None = None) -> dict:
+    """In a fresh process: one trainer, one point. Warm-up on 256 tokens, then ``steps`` measured steps.
+
+    ``setup`` (device, dtype, shape, gradient_checkpointing) defaults to the CPU curves' fp32 narrow models. On
+    CUDA the times are synchronized wall seconds and the peak is ``torch.cuda.max_memory_allocated`` over the
+    measured steps minus what was allocated before them."""
     from datasets import Dataset
 
+    setup = {**CPU_SETUP, **(setup or {})}
+    cuda = setup["device"].startswith("cuda")
+    clock = cuda_clock if cuda else time.process_time
     tok = C.tokenizer()
     positions = point["length"] + 2048
-    student, teacher = make_models(tok, vocab, positions)
+    student, teacher = make_models(tok, vocab, positions, setup)
     dataset = Dataset.from_list(C.prompt_rows(64))
     out: dict = {"trainer": kind, **point}
+    if setup != CPU_SETUP:
+        out["setup"] = setup
+        out["model_dtype"] = str(next(student.parameters()).dtype).removeprefix("torch.")
+        out["model_device"] = next(student.parameters()).device.type
+    if cuda:
+        out.update(clock="cuda_wall", device_name=torch.cuda.get_device_name(),
+                   memory="torch.cuda.max_memory_allocated over the measured steps minus memory_allocated before "
+                          "them (weights, optimizer state and inputs resident after the warm-up step not counted)")
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "sod":
-            trainer = build_sod(point, student, teacher, tok, dataset, tmp)
+            trainer = build_sod(point, student, teacher, tok, dataset, tmp, setup)
             engine = trainer.rollout_engine
             engine.backend = Scripted(tok, WARMUP_TOKENS, min(point["turns"], 2))
             recorded = []
@@ -247,29 +332,44 @@ def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int) -> di
                 return trajectories
 
             engine.rollout = rollout
-            stepper = C.ManualStepper(trainer)
+            stepper = C.ManualStepper(trainer, sync=torch.cuda.synchronize if cuda else None)
             stepper.step()  # warm-up
             engine.backend = Scripted(tok, point["length"], point["turns"])
-            parts = PartTimer(trainer)
+            parts = PartTimer(trainer, clock)
         else:
             batch = json.loads(Path(batch_path).read_text())
-            trainer = build_trl(kind, point, student, teacher, tok, dataset, tmp)
+            trainer = build_trl(kind, point, student, teacher, tok, dataset, tmp, setup)
             fixed_generate(kind, trainer, tok, truncated(batch, WARMUP_TOKENS))
-            stepper = C.ManualStepper(trainer)
+            stepper = C.ManualStepper(trainer, sync=torch.cuda.synchronize if cuda else None)
             stepper.step()  # warm-up
             fixed_generate(kind, trainer, tok, batch)
         gc.collect()
-        before = C.rss_bytes()
         walls, cpus, split = [], [], []
-        with C.PeakRSS() as probe:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
             for _ in range(steps):
                 walls.append(stepper.step())
                 cpus.append(stepper.cpu_times[-1])
                 if kind == "sod":
-                    split.append(parts.take(cpus[-1]))
-        peak = max(C.max_rss_bytes(), probe.peak)
-        out.update(wall_s=walls, cpu_s=cpus, extra_peak_mib=C.mib(peak - before),
-                   sampled_extra_peak_mib=C.mib(probe.delta), baseline_rss_mib=C.mib(before))
+                    split.append(parts.take(walls[-1]))
+            peak = torch.cuda.max_memory_allocated()
+            out.update(wall_s=walls, cpu_s=cpus, extra_peak_mib=C.mib(peak - before),
+                       baseline_cuda_mib=C.mib(before), peak_cuda_allocated_mib=C.mib(peak),
+                       peak_cuda_reserved_mib=C.mib(torch.cuda.max_memory_reserved()))
+        else:
+            before = C.rss_bytes()
+            with C.PeakRSS() as probe:
+                for _ in range(steps):
+                    walls.append(stepper.step())
+                    cpus.append(stepper.cpu_times[-1])
+                    if kind == "sod":
+                        split.append(parts.take(cpus[-1]))
+            peak = max(C.max_rss_bytes(), probe.peak)
+            out.update(wall_s=walls, cpu_s=cpus, extra_peak_mib=C.mib(peak - before),
+                       sampled_extra_peak_mib=C.mib(probe.delta), baseline_rss_mib=C.mib(before))
         if kind == "sod":
             trajectories = recorded[-1]
             batch = {"prompt_ids": [t.prompt_ids for t in trajectories],
@@ -280,9 +380,10 @@ def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int) -> di
             out["turns_seen"] = statistics.mean(t.num_turns for t in trajectories)
             out["tool_calls"] = statistics.mean(t.num_tool_calls for t in trajectories)
         if kind == "trl_grpo":
-            forwards = teacher_forward_cpu(teacher, batch, times=steps)
-            out["teacher_forward_cpu_s"] = statistics.median(forwards)
-            out["teacher_forward_cpu_s_all"] = forwards
+            forwards = teacher_forward_cpu(teacher, batch, times=steps, clock=clock)
+            key = "teacher_forward_s" if cuda else "teacher_forward_cpu_s"
+            out[key] = statistics.median(forwards)
+            out[key + "_all"] = forwards
         out["completion_tokens"] = statistics.mean(len(x) for x in batch["completion_ids"])
         out["model_tokens"] = statistics.mean(sum(x) for x in batch["assistant_mask"])
         out["tokens_per_step"] = sum(len(p) + len(c) for p, c in zip(batch["prompt_ids"], batch["completion_ids"]))
@@ -314,8 +415,11 @@ def steps_for(kind: str, point: dict, repeats: dict[str, int]) -> int:
     return repeats.get(kind, repeats.get("*", default_steps(point)))
 
 
-def measure_point(axis: str, point: dict, vocab: int, limit_gib: float, steps: int | dict, workdir: str,
-                  skip: tuple[str, ...] = ()) -> dict:
+def measure_point(axis: str, point: dict, vocab: int, limit_gib: float | None, steps: int | dict, workdir: str,
+                  skip: tuple[str, ...] = (), setup: dict | None = None, timeout: float = 3600,
+                  deadline: float | None = None) -> dict:
+    """One point, one child process per trainer; ``limit_gib`` None: no address-space cap (CUDA needs none, and
+    cannot run under one); a child not started by ``deadline`` (``time.time()``) is reported as skipped."""
     batch_path = os.path.join(workdir, f"{axis}_{point['length']}_{point['turns']}_{point['group']}.json")
     results = {}
     for kind in TRAINERS:  # SOD first: it writes the trajectories the others replay
@@ -323,14 +427,21 @@ def measure_point(axis: str, point: dict, vocab: int, limit_gib: float, steps: i
             results[kind] = {"skipped": "left out to fit the session's time (--skip)"}
             print(f"  {axis} {point} {kind}: skipped", flush=True)
             continue
+        if deadline is not None and time.time() > deadline:
+            results[kind] = {"skipped": "the run's time budget was spent (--budget-s)"}
+            print(f"  {axis} {point} {kind}: skipped (time budget spent)", flush=True)
+            continue
         if kind != "sod" and not os.path.exists(batch_path):
             results[kind] = {"error": "no trajectories (the SOD child did not finish)"}
             continue
         n = steps_for(kind, point, steps) if isinstance(steps, dict) else steps
         argv = [sys.executable, __file__, "--child", kind, json.dumps(point), str(vocab), batch_path, str(n)]
-        results[kind] = C.run_limited_child(argv, limit_gib, timeout=3600)
+        if setup and {**CPU_SETUP, **setup} != CPU_SETUP:
+            argv.append(json.dumps(setup))
+        results[kind] = C.run_limited_child(argv, limit_gib, timeout=timeout)
         r = results[kind]
-        shown = ("OOM" if r.get("oom") else f"cpu {spread(r['cpu_s'])} s, peak "
+        clock = "gpu wall" if r.get("clock") == "cuda_wall" else "cpu"
+        shown = ("OOM" if r.get("oom") else f"{clock} {spread(step_times(r))} s, peak "
                  f"{r['extra_peak_mib']:.0f} MiB" if "cpu_s" in r else "error " + str(r.get("error"))[-400:])
         print(f"  {axis} {point} {kind}: {shown}", flush=True)
     return {"axis": axis, "point": point, "results": results, "ratios": ratios(results)}
@@ -360,8 +471,8 @@ def ratios(results: dict) -> dict:
     medians; with several measured steps also its widest range: min SOD / max budget .. max SOD / min budget)."""
     sod, grpo, dist = (results.get(k, {}) for k in TRAINERS)
 
-    def cpu(r):
-        return statistics.median(r["cpu_s"]) if "cpu_s" in r else None
+    def cpu(r):  # CPU seconds, or synchronized GPU wall seconds on CUDA
+        return statistics.median(step_times(r)) if "cpu_s" in r else None
 
     def mem(r):
         return r.get("extra_peak_mib") if "extra_peak_mib" in r else None
@@ -369,13 +480,13 @@ def ratios(results: dict) -> dict:
     out = {}
     if cpu(sod) and cpu(grpo):
         out["time_sod_over_grpo"] = cpu(sod) / cpu(grpo)
-        budget = cpu(grpo) + grpo.get("teacher_forward_cpu_s", 0.0)
+        forwards = forward_times(grpo)
+        budget = cpu(grpo) + statistics.median(forwards)
         out["time_sod_over_grpo_plus_teacher"] = cpu(sod) / budget
-        forwards = grpo.get("teacher_forward_cpu_s_all", [grpo.get("teacher_forward_cpu_s", 0.0)])
-        if len(sod["cpu_s"]) > 1 or len(grpo["cpu_s"]) > 1:
-            out["time_sod_over_grpo_plus_teacher_range"] = [
-                min(sod["cpu_s"]) / (max(grpo["cpu_s"]) + max(forwards)),
-                max(sod["cpu_s"]) / (min(grpo["cpu_s"]) + min(forwards))]
+        s, g = step_times(sod), step_times(grpo)
+        if len(s) > 1 or len(g) > 1:
+            out["time_sod_over_grpo_plus_teacher_range"] = [min(s) / (max(g) + max(forwards)),
+                                                            max(s) / (min(g) + min(forwards))]
     if cpu(sod) and cpu(dist):
         out["time_sod_over_distillation"] = cpu(sod) / cpu(dist)
     if mem(sod) and mem(grpo):
@@ -438,7 +549,8 @@ def memory_fit(points: list[dict], ram_gib: float) -> dict:
         for p in points:
             r = p["results"].get(kind, {})
             # TRL's kernels tile 4,096 tokens at a time: below that their buffers grow with the tokens, then stop
-            if p["axis"] == "length" and "extra_peak_mib" in r and r["tokens_per_step"] >= 8192:
+            if (p["axis"] == "length" and "extra_peak_mib" in r and "baseline_rss_mib" in r
+                    and r["tokens_per_step"] >= 8192):
                 xs.append(r["tokens_per_step"])
                 ys.append(r["extra_peak_mib"] + r["baseline_rss_mib"])
         if len(xs) < 2:
@@ -458,6 +570,7 @@ def plot(points: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    gpu = any(r.get("clock") == "cuda_wall" for p in points for r in p["results"].values())
     axes_names = ("length", "turns", "group")
     x_of = {"length": lambda p: p["length"], "turns": lambda p: p["turns"], "group": lambda p: p["group"]}
     labels = {"length": "completion tokens per trajectory (4 turns, group 2)",
@@ -473,15 +586,18 @@ def plot(points: list[dict], path: Path) -> None:
                 r = p["results"].get(kind, {})
                 if "cpu_s" in r:
                     xs.append(x_of[axis](p["point"]))
-                    ts.append(statistics.median(r["cpu_s"]))
+                    ts.append(statistics.median(step_times(r)))
                     ms.append(r["extra_peak_mib"] / 1024)
             grid[0, column].plot(xs, ts, marker=marker, label=names[kind])
             grid[1, column].plot(xs, ms, marker=marker, label=names[kind])
-        xs = [x_of[axis](p["point"]) for p in ps if "teacher_forward_cpu_s" in p["results"].get("trl_grpo", {})]
-        budget = [statistics.median(p["results"]["trl_grpo"]["cpu_s"]) + p["results"]["trl_grpo"]
-                  ["teacher_forward_cpu_s"] for p in ps if "teacher_forward_cpu_s" in p["results"].get("trl_grpo", {})]
+        grpos = [(p, p["results"]["trl_grpo"]) for p in ps if "cpu_s" in p["results"].get("trl_grpo", {})
+                 and forward_times(p["results"]["trl_grpo"], default=None) != [None]]
+        xs = [x_of[axis](p["point"]) for p, _ in grpos]
+        budget = [statistics.median(step_times(g)) + statistics.median(forward_times(g)) for _, g in grpos]
         grid[0, column].plot(xs, budget, linestyle="--", color="gray", label="GRPO + one teacher forward")
-        for row, unit in ((0, "step CPU seconds (1 thread)"), (1, "extra peak RSS of the step (GiB)")):
+        units = (((0, "step seconds (GPU, synchronized wall)"), (1, "extra peak CUDA memory allocated (GiB)"))
+                 if gpu else ((0, "step CPU seconds (1 thread)"), (1, "extra peak RSS of the step (GiB)")))
+        for row, unit in units:
             ax = grid[row, column]
             ax.set_xlabel(labels[axis])
             ax.set_ylabel(unit)
@@ -495,14 +611,16 @@ def plot(points: list[dict], path: Path) -> None:
         grid[0, column].set_title(f"step time vs {axis}")
         grid[1, column].set_title(f"peak memory vs {axis}")
     grid[0, 0].legend(fontsize=8)
-    fig.suptitle("One training step on fixed trajectories, vocab 151,936, student hidden 64 / teacher hidden 128 "
-                 "(CPU, shared machine)", fontsize=11)
+    title = ("Qwen3-0.6B-shaped student / 4B-shaped teacher, bf16 (GPU)" if gpu else
+             "student hidden 64 / teacher hidden 128 (CPU, shared machine)")
+    fig.suptitle(f"One training step on fixed trajectories, vocab 151,936, {title}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also parsed by the tests, against scripts/gpu_cost_curves.sh's command)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--axes", default="length,turns,group")
@@ -520,12 +638,33 @@ def main():
     parser.add_argument("--lengths", default=None, help="comma-separated: measure only these lengths of each axis")
     parser.add_argument("--turns", default=None, help="comma-separated: measure only these numbers of turns")
     parser.add_argument("--report", action="store_true", help="only merge --resume files: table, targets, plot")
-    parser.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="model weights' dtype (bfloat16 also turns on the trainers' bf16 autocast)")
+    parser.add_argument("--shape", default="narrow", choices=sorted(SHAPES),
+                        help="narrow: the CPU curves' student hidden 64 / teacher hidden 128; qwen3-0.6b: Qwen3-0.6B's "
+                             "config for the student, Qwen3-4B's for the teacher (random weights)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="in every trainer")
+    parser.add_argument("--child-timeout", type=float, default=3600, help="seconds per child (one trainer, one point)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no child after this many seconds of the run (the rest are reported as skipped)")
+    parser.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main():
+    parser = build_parser()
     options = parser.parse_args()
     if options.child:
-        kind, point, vocab, batch_path, steps = options.child
-        print("RESULT " + json.dumps(child(kind, json.loads(point), int(vocab), batch_path, int(steps))))
+        kind, point, vocab, batch_path, steps, *setup = options.child
+        setup = json.loads(setup[0]) if setup else None
+        print("RESULT " + json.dumps(child(kind, json.loads(point), int(vocab), batch_path, int(steps), setup)))
         return
+    setup = {"device": options.device, "dtype": options.dtype, "shape": options.shape,
+             "gradient_checkpointing": options.gradient_checkpointing}
+    if not options.device.startswith(("cpu", "cuda")):
+        parser.error(f"--device {options.device!r}: expected cpu or cuda")
+    cuda = options.device.startswith("cuda")
     repeats = parse_repeats(options.repeats)
     vocab = 4096 if options.quick else VOCAB
     axes = QUICK_AXES if options.quick else FULL_AXES
@@ -541,15 +680,19 @@ def main():
     with (contextlib.nullcontext(options.workdir) if options.workdir else tempfile.TemporaryDirectory()) as workdir:
         for axis in ([] if options.report else options.axes.split(",")):
             print(f"== axis {axis}", flush=True)
-            for point in axes[axis]:
+            wanted = options.lengths.split(",") if options.lengths else []
+            for point in sorted(axes[axis], key=lambda q: wanted.index(str(q["length"]))
+                                if str(q["length"]) in wanted else 0):  # in --lengths' order
                 if (axis, json.dumps(point, sort_keys=True)) in done:
                     continue
                 if options.lengths and str(point["length"]) not in options.lengths.split(","):
                     continue
                 if options.turns and str(point["turns"]) not in options.turns.split(","):
                     continue
-                points.append(measure_point(axis, point, vocab, options.memory_limit_gib, repeats, workdir,
-                                            tuple(options.skip)))
+                points.append(measure_point(
+                    axis, point, vocab, None if cuda else options.memory_limit_gib, repeats, workdir,
+                    tuple(options.skip), setup, options.child_timeout,
+                    None if options.budget_s is None else started + options.budget_s))
                 loads.append(os.getloadavg())
                 save(points, vocab, options, loads, started, partial=True)
     order = {axis: i for i, axis in enumerate(("length", "turns", "group"))}
@@ -566,11 +709,11 @@ def main():
                 return "-", "-"
             if "cpu_s" not in x:
                 return "err", "err"
-            return spread(x["cpu_s"]), f"{x['extra_peak_mib']:.0f}"
+            return spread(step_times(x)), f"{x['extra_peak_mib']:.0f}"
 
         (st, sm), (gt, gm), (dt, dm) = (cell(k) for k in TRAINERS)
         grpo = r.get("trl_grpo", {})
-        forwards = grpo.get("teacher_forward_cpu_s_all", [grpo.get("teacher_forward_cpu_s", float("nan"))])
+        forwards = forward_times(grpo, default=float("nan"))
         budget = f"{q.get('time_sod_over_grpo_plus_teacher', float('nan')):.2f}"
         if "time_sod_over_grpo_plus_teacher_range" in q:
             budget += " [{:.2f}-{:.2f}]".format(*q["time_sod_over_grpo_plus_teacher_range"])
@@ -603,12 +746,21 @@ def main():
 def save(points, vocab, options, loads, started, partial: bool) -> None:
     """The JSON (rewritten after every point, so that an interrupted run keeps what it measured)."""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    shape = SHAPES[getattr(options, "shape", "narrow")]
+    cuda = getattr(options, "device", "cpu").startswith("cuda")
     C.save(options.out, {
-        "vocab": vocab, "student": STUDENT, "teacher": TEACHER, "threads": C.THREADS,
-        "memory_limit_gib": options.memory_limit_gib, "machine_ram_gib": ram, "partial": partial,
+        "vocab": vocab, "student": shape["student"], "teacher": shape["teacher"], "threads": C.THREADS,
+        "setup": {"device": getattr(options, "device", "cpu"), "dtype": getattr(options, "dtype", "float32"),
+                  "shape": getattr(options, "shape", "narrow"),
+                  "gradient_checkpointing": getattr(options, "gradient_checkpointing", False)},
+        "time": "synchronized GPU wall seconds" if cuda else "process CPU seconds (one torch thread)",
+        "peak_memory": ("torch.cuda.max_memory_allocated over the measured steps minus memory_allocated before them"
+                        if cuda else "peak RSS over the measured steps minus RSS before them"),
+        "memory_limit_gib": None if cuda else options.memory_limit_gib, "machine_ram_gib": ram, "partial": partial,
         "repeats": options.repeats or "default (2 steps up to 2,048 tokens per step, else 1)",
         "load_averages_during_run": loads,
-        "note": "training step on fixed pre-built trajectories (no generation); shared 2-core machine",
+        "note": "training step on fixed pre-built trajectories (no generation); "
+                + ("one GPU" if cuda else "shared 2-core machine"),
         "points": points, "targets": targets(points), "memory_fit": memory_fit(points, ram),
         "wall_s": time.time() - started}, options.quick)
 

@@ -36,7 +36,8 @@ try:  # run from a checkout even when the package is not installed
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# SOD_BENCH_RESULTS_DIR: elsewhere (scripts/gpu_cost_curves.sh writes straight into the device's $OUT)
+RESULTS_DIR = Path(os.environ.get("SOD_BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 # One intra-op thread by default: on this shared, oversubscribed 2-core machine a second OpenMP thread made
 # a small linear layer 5-100x slower (it spins waiting for a descheduled partner); see docs/performance.md.
 THREADS = int(os.environ.get("SOD_BENCH_THREADS", "1"))
@@ -307,8 +308,9 @@ class ManualStepper:
     scheduler.step → zero_grad), so that several trainers can be interleaved step by step in one process.
     Logging and callbacks are left out for every trainer alike."""
 
-    def __init__(self, trainer, max_steps: int = 10_000):
+    def __init__(self, trainer, max_steps: int = 10_000, sync=None):
         self.trainer = trainer
+        self.sync = sync or (lambda: None)  # torch.cuda.synchronize on a GPU: the wall time then covers the work
         optimizer = trainer.create_optimizer()
         if not hasattr(optimizer.step, "__func__"):
             # SODTrainer.create_optimizer replaces optimizer.step with a plain function, which torch's LR
@@ -338,6 +340,7 @@ class ManualStepper:
         disturbed by other programs on a shared machine than wall time (which includes time descheduled)."""
         trainer = self.trainer
         batch = self._next_batch()
+        self.sync()
         cpu_start = time.process_time()
         start = time.perf_counter()
         trainer.model.train()
@@ -348,6 +351,7 @@ class ManualStepper:
         trainer.lr_scheduler.step()
         trainer.model.zero_grad(set_to_none=True)
         trainer.state.global_step += 1
+        self.sync()
         elapsed = time.perf_counter() - start
         self.cpu_times.append(time.process_time() - cpu_start)
         return elapsed
@@ -537,8 +541,9 @@ def gradients_match(reference, candidate, rows: list[dict[str, Any]],
 OOM_MARKERS = ("MemoryError", "can't allocate memory", "not enough memory", "std::bad_alloc", "out of memory")
 
 
-def run_limited_child(argv: list[str], limit_gib: float, timeout: float = 1800, tag: str = "RESULT ") -> dict:
-    """Run ``argv`` (a benchmark child) with its address space capped at ``limit_gib`` (``RLIMIT_AS``).
+def run_limited_child(argv: list[str], limit_gib: float | None, timeout: float = 1800, tag: str = "RESULT ") -> dict:
+    """Run ``argv`` (a benchmark child) with its address space capped at ``limit_gib`` (``RLIMIT_AS``; None: no
+    cap, as CUDA needs: it maps far more address space than it uses).
 
     Returns the JSON after the last line starting with ``tag``, or ``{"oom": True, ...}`` when the child ran
     out of the allowed memory (an allocation failure, or killed by a signal), or ``{"error": ...}``. The cap
@@ -547,13 +552,13 @@ def run_limited_child(argv: list[str], limit_gib: float, timeout: float = 1800, 
     """
     import subprocess
 
-    limit = int(limit_gib * 2**30)
-
     def cap():
+        limit = int(limit_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=None if limit_gib is None else cap)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith(tag)]

@@ -120,3 +120,78 @@ def test_rollout_comparison_runs_the_same_trl_environment_through_both_loops():
     assert out["assistant_turns"] == bench.TURNS and out["observation_tokens"] > 0
     for kind in ("sod", "trl_grpo"):
         assert out[kind]["tokens_per_s_cpu"] > 0 and len(out[kind]["cpu_s"]) == 1
+
+
+ROOT = BENCHMARKS.parent
+GPU_SCRIPT = ROOT / "scripts" / "gpu_cost_curves.sh"
+
+
+def test_qwen3_shapes_have_the_real_models_parameter_counts():
+    bench = _load("bench_cost_curves")
+    common = _load("common")
+    student, teacher = bench.make_models(common.tokenizer(), bench.VOCAB, 4096,
+                                         {"shape": "qwen3-0.6b", "device": "meta", "dtype": "bfloat16"})
+    embedding = bench.VOCAB * 1024, bench.VOCAB * 2560
+    counts = [sum(p.numel() for p in m.parameters()) for m in (student, teacher)]
+    # Qwen3-0.6B: 0.6B parameters, 0.44B without the (tied) embedding; Qwen3-4B: 4.0B, 3.6B without it
+    assert counts[0] == pytest.approx(0.596e9, rel=0.01) and counts[0] - embedding[0] == pytest.approx(0.44e9, rel=0.01)
+    assert counts[1] == pytest.approx(4.02e9, rel=0.01) and counts[1] - embedding[1] == pytest.approx(3.63e9, rel=0.01)
+    assert {str(p.dtype) for m in (student, teacher) for p in m.parameters()} == {"torch.bfloat16"}
+    assert student.config.num_key_value_heads == 8 and teacher.config.head_dim == 128
+
+
+def test_gpu_cost_script_parses_and_its_command_is_the_benchmarks():
+    import subprocess
+
+    subprocess.run(["bash", "-n", str(GPU_SCRIPT)], check=True)
+    args = subprocess.run(["bash", str(GPU_SCRIPT), "--print-command"], check=True, capture_output=True,
+                          text=True).stdout.split("\n")[:-1]
+    assert args[0] == "benchmarks/bench_cost_curves.py"
+    bench = _load("bench_cost_curves")
+    options = bench.build_parser().parse_args(args[1:])
+    assert (options.device, options.dtype, options.shape) == ("cuda", "bfloat16", "qwen3-0.6b")
+    lengths = {str(p["length"]) for p in bench.FULL_AXES["length"]}
+    assert set(options.lengths.split(",")) <= lengths and options.axes == "length"
+    for skip in options.skip:
+        kind, length = skip.split(":")
+        assert kind in bench.TRAINERS and length in lengths
+    # the device's minutes: no child starts after the budget, and a started one is cut at its timeout
+    assert options.budget_s + options.child_timeout <= 240
+
+
+def test_gpu_cost_script_runs_end_to_end_on_cpu_in_bf16(tmp_path):
+    """The script's whole path (checks, driver, children with the device/dtype/shape setup, JSON, plot), with the
+    CPU standing in for the GPU: narrow models, 128 tokens, no install."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, SOD_COST_DEVICE="cpu", SOD_COST_SHAPE="narrow",
+               SOD_COST_LENGTHS="128", SOD_COST_SKIP="trl_distillation:128", SOD_COST_EXTRA="--quick",
+               SOD_COST_SKIP_INSTALL="1")
+    done = subprocess.run(["bash", str(GPU_SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    saved = json.loads((tmp_path / "bench_cost_curves_gpu_quick.json").read_text())
+    assert saved["setup"] == {"device": "cpu", "dtype": "bfloat16", "shape": "narrow",
+                              "gradient_checkpointing": True}
+    (point,) = saved["points"]
+    results = point["results"]
+    for kind in ("sod", "trl_grpo"):
+        assert results[kind]["model_dtype"] == "bfloat16" and results[kind]["setup"]["gradient_checkpointing"]
+        assert len(results[kind]["cpu_s"]) == 2 and results[kind]["extra_peak_mib"] >= 0
+    assert "skipped" in results["trl_distillation"]
+    assert results["sod"]["tokens_per_step"] == results["trl_grpo"]["tokens_per_step"]
+    assert "time_sod_over_grpo_plus_teacher" in point["ratios"]
+    assert (tmp_path / "cost_curves_gpu.png").stat().st_size > 10_000
+    assert "benchmark exit 0" in (tmp_path / "gpu_cost_curves.log").read_text()
+
+
+def test_cost_curves_time_budget_skips_children_and_cuda_clock_is_used_for_ratios(tmp_path):
+    bench = _load("bench_cost_curves")
+    out = bench.measure_point("length", dict(length=1024, turns=4, group=2), 1024, None, 1, str(tmp_path),
+                              deadline=0.0)
+    assert all("budget" in r["skipped"] for r in out["results"].values())
+    # on CUDA, step and teacher-forward times are synchronized wall seconds (CPU seconds would be the launches)
+    sod = {"clock": "cuda_wall", "cpu_s": [0.5], "wall_s": [2.0], "extra_peak_mib": 10.0}
+    grpo = {"clock": "cuda_wall", "cpu_s": [0.5], "wall_s": [3.0], "teacher_forward_s": 1.0,
+            "teacher_forward_s_all": [1.0], "extra_peak_mib": 10.0}
+    assert bench.ratios({"sod": sod, "trl_grpo": grpo})["time_sod_over_grpo_plus_teacher"] == pytest.approx(0.5)

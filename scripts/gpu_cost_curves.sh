@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue 18 item 4: the cost curves (benchmarks/bench_cost_curves.py) on one GPU, as one prepared command that
+# fits what is left of a 15-minute device lease after the machine's start (about 3-4 minutes):
+#
+#   bash scripts/gpu_cost_curves.sh                  # on the device, from the repository root; results in $OUT
+#   bash scripts/gpu_cost_curves.sh --print-command  # only print the benchmark's arguments (the tests parse them)
+#
+# What it runs: SODTrainer, TRL GRPOTrainer (+ one no-grad teacher forward) and TRL DistillationTrainer, one
+# child process per trainer and point, on identical pre-built 4-turn tool trajectories (no generation), with a
+# Qwen3-0.6B-shaped student and a Qwen3-4B-shaped teacher (random weights, vocab 151,936) built in bf16 directly
+# on the GPU, gradient checkpointing on, group 2, 2 measured steps per trainer; lengths 1k, 16k, then 8k tokens per
+# trajectory; the distillation trainer at 1k and 8k only. Times are synchronized wall seconds, peak memory is
+# torch.cuda.max_memory_allocated over the measured steps minus what was allocated before them.
+# Not in this run: generation (HF generate), the turns and group axes, ZeRO-3 (see docs/performance.md §8.2).
+#
+# Time guards: no child starts after SOD_COST_BUDGET_S (140) seconds of the benchmark, each child is killed after
+# SOD_COST_CHILD_TIMEOUT_S (65) seconds (reported as an error), and the whole benchmark after
+# SOD_COST_TOTAL_S (215) seconds. The JSON is rewritten after every point, so what was measured comes back.
+#
+# Packages: the GPU image has torch, transformers, accelerate, peft, matplotlib but not trl, datasets or
+# math-verify. They are installed offline from .carry/wheels (git-ignored), made beforehand on a machine that
+# reaches PyPI with `bash scripts/gpu_smoke.sh --download-wheels`; the device call then names `.carry/wheels` in
+# its `carry` list. This checkout is used through PYTHONPATH=src (nothing to build).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT_DIR="${OUT:-/tmp/sod-gpu-cost}"
+BUDGET_S="${SOD_COST_BUDGET_S:-140}"
+CHILD_TIMEOUT_S="${SOD_COST_CHILD_TIMEOUT_S:-65}"
+TOTAL_S="${SOD_COST_TOTAL_S:-215}"
+RESULT=bench_cost_curves_gpu
+DEVICE="${SOD_COST_DEVICE:-cuda}"
+# a CPU dry run of this whole script (what tests/test_bench_cost.py does): SOD_COST_DEVICE=cpu SOD_COST_SHAPE=narrow
+# SOD_COST_LENGTHS=128 SOD_COST_SKIP=trl_distillation:128 SOD_COST_EXTRA=--quick SOD_COST_SKIP_INSTALL=1 PYTHON=...
+BENCH=(benchmarks/bench_cost_curves.py --device "$DEVICE" --dtype bfloat16 --shape "${SOD_COST_SHAPE:-qwen3-0.6b}"
+       --gradient-checkpointing --axes length --lengths "${SOD_COST_LENGTHS:-1024,16384,8192}" --repeats 2
+       --skip ${SOD_COST_SKIP:-trl_distillation:16384} --child-timeout "$CHILD_TIMEOUT_S" --budget-s "$BUDGET_S"
+       --out "$RESULT" --plot "$OUT_DIR/cost_curves_gpu.png" ${SOD_COST_EXTRA:-})
+if [ "${1:-}" = "--print-command" ]; then
+    printf '%s\n' "${BENCH[@]}"
+    exit 0
+fi
+
+mkdir -p "$OUT_DIR"
+exec > >(tee "$OUT_DIR/gpu_cost_curves.log") 2>&1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export SOD_BENCH_RESULTS_DIR="$OUT_DIR"  # the JSON (rewritten after every point) goes straight to $OUT
+PY="${PYTHON:-python3}"
+WHEELS=.carry/wheels
+START=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "WARNING: nvidia-smi failed"
+
+# ---------------------------------------------------------------- install (offline, as scripts/gpu_smoke.sh)
+if [ "${SOD_COST_SKIP_INSTALL:-0}" = 1 ]; then
+    echo "install skipped (SOD_COST_SKIP_INSTALL=1)"
+elif [ -d "$WHEELS" ]; then
+    if ! "$PY" -m pip install -q --no-index --find-links "$WHEELS" trl datasets math-verify; then
+        echo "WARNING: resolving the carried wheels against the installed packages failed; installing them --no-deps"
+        "$PY" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl
+    fi
+else
+    echo "WARNING: no $WHEELS (make it with: bash scripts/gpu_smoke.sh --download-wheels; carry .carry/wheels)"
+fi
+"$PY" - "$DEVICE" <<'PYEOF' || { echo "FATAL: torch with CUDA, sod_trainer, trl or datasets missing"; exit 2; }
+import sys, torch, transformers, trl, datasets, sod_trainer
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "transformers",
+      transformers.__version__, "trl", trl.__version__, "datasets", datasets.__version__, "sod_trainer",
+      sod_trainer.__version__, "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+assert torch.cuda.is_available() or sys.argv[1] == "cpu", "no CUDA device"
+PYEOF
+echo "install and checks: $(( $(date +%s) - START )) s"
+
+# ---------------------------------------------------------------- the curves
+timeout --signal=TERM --kill-after=10 "$TOTAL_S" "$PY" "${BENCH[@]}"
+CODE=$?
+echo "benchmark exit $CODE after $(( $(date +%s) - START )) s in all"
+ls -l "$OUT_DIR"
+exit $CODE
