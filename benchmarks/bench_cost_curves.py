@@ -39,6 +39,12 @@ teacher forward as many times. Tables give medians and, with repeats, min-max.
         --workdir /tmp/cost --out bench_cost_curves_r1 --plot none
     python benchmarks/bench_cost_curves.py --report --resume benchmarks/results/bench_cost_curves_r1.json ... \
         --out bench_cost_curves_repeats --plot none
+
+On a GPU (issue 18, item 4; prepared as ``scripts/gpu_cost_curves.sh``): ``--device cuda --dtype bfloat16 --shape
+qwen3-0.6b --gradient-checkpointing`` builds a Qwen3-0.6B-shaped student and a Qwen3-4B-shaped teacher (random
+weights) on the GPU; times are then synchronized wall seconds, the peak is ``torch.cuda.max_memory_allocated`` over
+the measured steps minus what was allocated before them, the warm-up step (and one teacher forward) runs on the full
+batch, and no address-space cap is set. ``--child-timeout`` and ``--budget-s`` keep a run inside a device's minutes.
 """
 
 from __future__ import annotations
@@ -295,7 +301,8 @@ def forward_times(grpo: dict, default: float = 0.0) -> list[float]:
 
 
 def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int, setup: dict | None = None) -> dict:
-    """In a fresh process: one trainer, one point. Warm-up on 256 tokens, then ``steps`` measured steps.
+    """In a fresh process: one trainer, one point. Warm-up on 256 tokens (on CUDA on the full batch), then
+    ``steps`` measured steps.
 
     ``setup`` (device, dtype, shape, gradient_checkpointing) defaults to the CPU curves' fp32 narrow models. On
     CUDA the times are synchronized wall seconds and the peak is ``torch.cuda.max_memory_allocated`` over the
@@ -322,7 +329,10 @@ def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int, setup
         if kind == "sod":
             trainer = build_sod(point, student, teacher, tok, dataset, tmp, setup)
             engine = trainer.rollout_engine
-            engine.backend = Scripted(tok, WARMUP_TOKENS, min(point["turns"], 2))
+            # on CUDA the warm-up is the full batch: kernels (cuBLAS, TRL's Triton heads) are tuned per shape, and
+            # the peak counts allocations, not the allocator's cache; on CPU a full warm-up would inflate the RSS
+            engine.backend = (Scripted(tok, point["length"], point["turns"]) if cuda else
+                              Scripted(tok, WARMUP_TOKENS, min(point["turns"], 2)))
             recorded = []
             original_rollout = engine.rollout
 
@@ -339,7 +349,7 @@ def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int, setup
         else:
             batch = json.loads(Path(batch_path).read_text())
             trainer = build_trl(kind, point, student, teacher, tok, dataset, tmp, setup)
-            fixed_generate(kind, trainer, tok, truncated(batch, WARMUP_TOKENS))
+            fixed_generate(kind, trainer, tok, batch if cuda else truncated(batch, WARMUP_TOKENS))
             stepper = C.ManualStepper(trainer, sync=torch.cuda.synchronize if cuda else None)
             stepper.step()  # warm-up
             fixed_generate(kind, trainer, tok, batch)
@@ -380,7 +390,7 @@ def child(kind: str, point: dict, vocab: int, batch_path: str, steps: int, setup
             out["turns_seen"] = statistics.mean(t.num_turns for t in trajectories)
             out["tool_calls"] = statistics.mean(t.num_tool_calls for t in trajectories)
         if kind == "trl_grpo":
-            forwards = teacher_forward_cpu(teacher, batch, times=steps, clock=clock)
+            forwards = teacher_forward_cpu(teacher, batch, times=steps + cuda, clock=clock)[cuda:]  # CUDA: 1 warm-up
             key = "teacher_forward_s" if cuda else "teacher_forward_cpu_s"
             out[key] = statistics.median(forwards)
             out[key + "_all"] = forwards
@@ -438,8 +448,10 @@ def measure_point(axis: str, point: dict, vocab: int, limit_gib: float | None, s
         argv = [sys.executable, __file__, "--child", kind, json.dumps(point), str(vocab), batch_path, str(n)]
         if setup and {**CPU_SETUP, **setup} != CPU_SETUP:
             argv.append(json.dumps(setup))
+        began = time.time()
         results[kind] = C.run_limited_child(argv, limit_gib, timeout=timeout)
         r = results[kind]
+        r["child_seconds"] = time.time() - began  # start-up, models, warm-up and measured steps (sizes a run)
         clock = "gpu wall" if r.get("clock") == "cuda_wall" else "cpu"
         shown = ("OOM" if r.get("oom") else f"{clock} {spread(step_times(r))} s, peak "
                  f"{r['extra_peak_mib']:.0f} MiB" if "cpu_s" in r else "error " + str(r.get("error"))[-400:])

@@ -9,13 +9,15 @@
 # child process per trainer and point, on identical pre-built 4-turn tool trajectories (no generation), with a
 # Qwen3-0.6B-shaped student and a Qwen3-4B-shaped teacher (random weights, vocab 151,936) built in bf16 directly
 # on the GPU, gradient checkpointing on, group 2, 2 measured steps per trainer; lengths 1k, 16k, then 8k tokens per
-# trajectory; the distillation trainer at 1k and 8k only. Times are synchronized wall seconds, peak memory is
+# trajectory; the distillation trainer at 8k only (last: its target is from 8k on). Times are synchronized wall seconds, peak memory is
 # torch.cuda.max_memory_allocated over the measured steps minus what was allocated before them.
 # Not in this run: generation (HF generate), the turns and group axes, ZeRO-3 (see docs/performance.md §8.2).
 #
-# Time guards: no child starts after SOD_COST_BUDGET_S (140) seconds of the benchmark, each child is killed after
-# SOD_COST_CHILD_TIMEOUT_S (65) seconds (reported as an error), and the whole benchmark after
-# SOD_COST_TOTAL_S (215) seconds. The JSON is rewritten after every point, so what was measured comes back.
+# Time guards: no child starts after SOD_COST_BUDGET_S (120) seconds of the benchmark, each child is killed after
+# SOD_COST_CHILD_TIMEOUT_S (60) seconds (reported as an error), and the whole benchmark after
+# SOD_COST_TOTAL_S (190) seconds; with the offline install, about 3.5 minutes at worst. The JSON is rewritten
+# after every point, so what was measured comes back even if the device's limit cuts the run.
+# Device call: command "bash scripts/gpu_cost_curves.sh", carry [".carry/wheels"], timeout_s 300.
 #
 # Packages: the GPU image has torch, transformers, accelerate, peft, matplotlib but not trl, datasets or
 # math-verify. They are installed offline from .carry/wheels (git-ignored), made beforehand on a machine that
@@ -25,16 +27,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT_DIR="${OUT:-/tmp/sod-gpu-cost}"
-BUDGET_S="${SOD_COST_BUDGET_S:-140}"
-CHILD_TIMEOUT_S="${SOD_COST_CHILD_TIMEOUT_S:-65}"
-TOTAL_S="${SOD_COST_TOTAL_S:-215}"
+BUDGET_S="${SOD_COST_BUDGET_S:-120}"
+CHILD_TIMEOUT_S="${SOD_COST_CHILD_TIMEOUT_S:-60}"
+TOTAL_S="${SOD_COST_TOTAL_S:-190}"
 RESULT=bench_cost_curves_gpu
 DEVICE="${SOD_COST_DEVICE:-cuda}"
 # a CPU dry run of this whole script (what tests/test_bench_cost.py does): SOD_COST_DEVICE=cpu SOD_COST_SHAPE=narrow
 # SOD_COST_LENGTHS=128 SOD_COST_SKIP=trl_distillation:128 SOD_COST_EXTRA=--quick SOD_COST_SKIP_INSTALL=1 PYTHON=...
 BENCH=(benchmarks/bench_cost_curves.py --device "$DEVICE" --dtype bfloat16 --shape "${SOD_COST_SHAPE:-qwen3-0.6b}"
        --gradient-checkpointing --axes length --lengths "${SOD_COST_LENGTHS:-1024,16384,8192}" --repeats 2
-       --skip ${SOD_COST_SKIP:-trl_distillation:16384} --child-timeout "$CHILD_TIMEOUT_S" --budget-s "$BUDGET_S"
+       --skip ${SOD_COST_SKIP:-trl_distillation:1024 trl_distillation:16384} --child-timeout "$CHILD_TIMEOUT_S" --budget-s "$BUDGET_S"
        --out "$RESULT" --plot "$OUT_DIR/cost_curves_gpu.png" ${SOD_COST_EXTRA:-})
 if [ "${1:-}" = "--print-command" ]; then
     printf '%s\n' "${BENCH[@]}"

@@ -195,3 +195,41 @@ def test_cost_curves_time_budget_skips_children_and_cuda_clock_is_used_for_ratio
     grpo = {"clock": "cuda_wall", "cpu_s": [0.5], "wall_s": [3.0], "teacher_forward_s": 1.0,
             "teacher_forward_s_all": [1.0], "extra_peak_mib": 10.0}
     assert bench.ratios({"sod": sod, "trl_grpo": grpo})["time_sod_over_grpo_plus_teacher"] == pytest.approx(0.5)
+
+
+def test_cost_curve_childrens_cuda_branch_runs_with_the_cuda_calls_stubbed(tmp_path, monkeypatch):
+    """The CUDA-only code of a child (full-batch warm-up, synchronized clock, CUDA memory statistics, the teacher
+    forward's warm-up, the result's keys) runs here with torch.cuda's calls replaced and the models kept on the CPU;
+    the kernels themselves are the GPU run's business."""
+    import torch
+
+    bench = _load("bench_cost_curves")
+    calls = {"synchronize": 0}
+    allocated = iter(range(10**9))
+
+    def synchronize():
+        calls["synchronize"] += 1
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 100 * 2**20)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 350 * 2**20 + next(allocated))
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 500 * 2**20)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "stub GPU")
+    build = bench.build_model
+    monkeypatch.setattr(bench, "build_model", lambda *a, **k: build(*a[:5], device="cpu", dtype="float32"))
+    point = dict(length=160, turns=3, group=2)
+    setup = {"device": "cuda", "dtype": "float32", "shape": "narrow", "gradient_checkpointing": False}
+    results = {kind: bench.child(kind, point, 1024, str(tmp_path / "batch.json"), 2, setup)
+               for kind in ("sod", "trl_grpo")}
+    for r in results.values():
+        assert r["clock"] == "cuda_wall" and r["device_name"] == "stub GPU" and "max_memory_allocated" in r["memory"]
+        assert r["extra_peak_mib"] == pytest.approx(250, abs=1e-3) and r["baseline_cuda_mib"] == 100
+        assert len(r["wall_s"]) == 2 and "baseline_rss_mib" not in r
+    grpo = results["trl_grpo"]
+    assert len(grpo["teacher_forward_s_all"]) == 2 and "teacher_forward_cpu_s" not in grpo  # warm-up pass dropped
+    assert results["sod"]["parts_cpu_s"]["teacher_scoring"] > 0 and calls["synchronize"] > 10
+    ratio = bench.ratios(results)["time_sod_over_grpo_plus_teacher"]
+    assert ratio == pytest.approx(statistics.median(results["sod"]["wall_s"]) / (
+        statistics.median(grpo["wall_s"]) + grpo["teacher_forward_s"]))
