@@ -20,9 +20,9 @@
 # Device call: command "bash scripts/gpu_cost_curves.sh", carry [".carry/wheels"], timeout_s 300.
 #
 # Packages: the GPU image has torch, transformers, accelerate, peft, matplotlib but not trl, datasets or
-# math-verify. They are installed offline from .carry/wheels (git-ignored), made beforehand on a machine that
-# reaches PyPI with `bash scripts/gpu_smoke.sh --download-wheels`; the device call then names `.carry/wheels` in
-# its `carry` list. This checkout is used through PYTHONPATH=src (nothing to build).
+# math-verify. They are installed offline from .carry/wheels (git-ignored, ~5 MB), made beforehand in the checkout
+# that calls the device, on a machine that reaches PyPI, with `bash scripts/gpu_cost_curves.sh --download-wheels`
+# (or gpu_smoke.sh's, which adds deepspeed); the device call then names `.carry/wheels` in its `carry` list. This checkout is used through PYTHONPATH=src (nothing to build).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,17 @@ BENCH=(benchmarks/bench_cost_curves.py --device "$DEVICE" --dtype bfloat16 --sha
        --gradient-checkpointing --axes length --lengths "${SOD_COST_LENGTHS:-1024,16384,8192}" --repeats 2
        --skip ${SOD_COST_SKIP:-trl_distillation:1024 trl_distillation:16384} --child-timeout "$CHILD_TIMEOUT_S" --budget-s "$BUDGET_S"
        --out "$RESULT" --plot "$OUT_DIR/cost_curves_gpu.png" ${SOD_COST_EXTRA:-})
+if [ "${1:-}" = "--download-wheels" ]; then  # here, on a machine that reaches PyPI (no deepspeed: not needed)
+    mkdir -p .carry/wheels
+    "${PYTHON:-python3}" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .carry/wheels trl==1.16.0 datasets==4.8.4 fsspec==2026.2.0 dill==0.4.1 multiprocess==0.70.19 \
+        math-verify==0.9.0 latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2 hjson==3.1.0 \
+        pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+        typing_extensions==4.16.0 || exit 1
+    du -sh .carry/wheels
+    exit 0
+fi
 if [ "${1:-}" = "--print-command" ]; then
     printf '%s\n' "${BENCH[@]}"
     exit 0
