@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-samples", type=int, default=2, help="samples per held-out problem")
     parser.add_argument("--max-completion-length", type=int, default=640,
                         help="token budget of a trajectory (the demo's is 320: too short, see --lengths)")
-    parser.add_argument("--other-cold-start-steps", type=int, default=240)
+    parser.add_argument("--other-cold-start-steps", type=int, default=120,
+                        help="SFT steps of the other student's cold start (runs 4-6: 120; runs 2-3: 300)")
     parser.add_argument("--other-cold-start-trajectories", type=int, default=1024)
     parser.add_argument("--grpo-coef", type=float, default=1.0, help="outcome (GRPO) term's weight; 0: distillation only")
     parser.add_argument("--seed", type=int, default=0,
