@@ -63,7 +63,7 @@ def test_unknown_arm_and_missing_sod_are_refused(tmp_path, capsys):
 
 def test_arms_cover_the_issue_list():
     assert {"sod", "uniform", "decay", "mask_after_error", "sod_uncapped", "iw_opd", "grpo", "sod_no_grpo",
-            "uniform_no_grpo"} <= set(ARMS)
+            "uniform_no_grpo", "sod_median_ref"} <= set(ARMS)
     assert ARMS["grpo"] == {"opd_coef": 0.0} and ARMS["sod_no_grpo"]["grpo_coef"] == 0.0
 
 

@@ -44,7 +44,20 @@ def naive_iw_opd(s, q, mask, gamma=0.5, eps=1e-8) -> list[float]:
     return out
 
 
-def naive_weights(s, q, mask, scheme="sod", eps=1e-6, delta=0.2, error_step=-1, decay=0.9) -> list[float]:
+def naive_step_divergences(s, q, mask) -> list[float]:
+    return [sum(abs(s[t] - q[t]) for t in step) / len(step) for step in naive_steps(mask)]
+
+
+def naive_median(values: list[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def naive_weights(s, q, mask, scheme="sod", eps=1e-6, delta=0.2, error_step=-1, decay=0.9,
+                  batch_median=0.0) -> list[float]:
     if scheme == "iw_opd":
         return naive_iw_opd(s, q, mask)
     steps = naive_steps(mask)
@@ -60,6 +73,9 @@ def naive_weights(s, q, mask, scheme="sod", eps=1e-6, delta=0.2, error_step=-1, 
                     value *= (d[u] + eps) / (d[u + 1] + eps)
                 if scheme == "sod":
                     value = min(value, 1 + delta)
+        elif scheme == "sod_median_ref":  # [ours]: reference max(d_1, median d of the whole batch's steps)
+            reference = max(d[0], batch_median)
+            value = 1.0 if k == 0 else min((reference + eps) / (d[k] + eps), 1 + delta)
         elif scheme == "uniform":
             value = 1.0
         elif scheme == "decay":
@@ -149,8 +165,10 @@ def test_token_weights_match_naive_reference(scheme):
         s, q, m = torch.tensor(ss), torch.tensor(qs), torch.tensor(masks)
         e = torch.tensor(errors)
         got = token_weights(s, q, m, scheme=scheme, error_steps=e)
+        median = naive_median([d for b in range(batch) for d in naive_step_divergences(ss[b], qs[b], masks[b])])
         for b in range(batch):
-            expected = naive_weights(ss[b], qs[b], masks[b], scheme=scheme, error_step=errors[b])
+            expected = naive_weights(ss[b], qs[b], masks[b], scheme=scheme, error_step=errors[b],
+                                     batch_median=median)
             assert got[b].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7), (scheme, b)
 
 
@@ -171,6 +189,27 @@ def test_uncapped_exceeds_cap():
     w_free = token_weights(s, torch.zeros_like(s), torch.tensor([[1, 0, 1]]), scheme="sod_uncapped")
     assert w_capped[0, 2].item() == pytest.approx(1.2)
     assert w_free[0, 2].item() == pytest.approx((1 + 1e-6) / (0.1 + 1e-6))
+
+
+def test_median_reference_lifts_clean_steps_after_a_near_deterministic_first_step():
+    # row 0: step 1 near-deterministic (d 0.01), then two clean steps (d 0.1) and a step after an error (d 3.0);
+    # row 1: d 0.1, 0.1, 0.1, 0.1. Batch median of the 8 step divergences: 0.1.
+    mask = torch.tensor([[1, 0, 1, 0, 1, 0, 1]] * 2)
+    s = torch.tensor([[0.01, 0, 0.1, 0, 0.1, 0, 3.0], [0.1, 0, 0.1, 0, 0.1, 0, 0.1]])
+    q = torch.zeros_like(s)
+    paper = token_weights(s, q, mask, scheme="sod")[:, ::2]
+    ours = token_weights(s, q, mask, scheme="sod_median_ref")[:, ::2]
+    eps = 1e-6
+    low = (0.01 + eps) / (0.1 + eps)  # the paper's rule turns both clean steps down to 0.1
+    assert paper[0].tolist() == pytest.approx([1.0, low, low, (0.01 + eps) / (3.0 + eps)], rel=1e-5)
+    assert ours[0].tolist() == pytest.approx([1.0, 1.0, 1.0, (0.1 + eps) / (3.0 + eps)], rel=1e-5)
+    assert ours[0, 3].item() < 0.04  # the step after the error stays turned down
+    assert ours[1].tolist() == pytest.approx([1.0] * 4) and paper[1].tolist() == pytest.approx([1.0] * 4)
+    # a row whose d_1 exceeds the median keeps the paper's reference (the cap still applies)
+    s_big = torch.tensor([[0.5, 0, 0.1, 0, 0.1, 0, 0.1], [0.1, 0, 0.1, 0, 0.1, 0, 0.1]])
+    assert token_weights(s_big, q, mask, scheme="sod_median_ref")[0, 2].item() == pytest.approx(1.2)
+    assert token_weights(s_big, q, mask, scheme="sod_median_ref").tolist() == \
+        token_weights(s_big, q, mask, scheme="sod").tolist()
 
 
 def test_truncated_last_step_still_counts():

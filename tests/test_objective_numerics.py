@@ -51,7 +51,7 @@ def test_float32_stays_float32_and_half_is_accumulated_in_float32():
 
 # ----------------------------------------------------------------------------- positions outside steps
 @pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
-@pytest.mark.parametrize("scheme", ["sod", "sod_uncapped", "uniform", "iw_opd"])
+@pytest.mark.parametrize("scheme", ["sod", "sod_uncapped", "uniform", "iw_opd", "sod_median_ref"])
 def test_nan_or_inf_outside_the_steps_never_reaches_a_weight(poison, scheme):
     # observation and padding positions (mask 0) hold garbage log-probs; the weights must not see them
     s = torch.tensor([[-0.5, -0.7, poison, poison, -0.1, poison]])
@@ -69,8 +69,21 @@ def test_nan_or_inf_outside_the_steps_never_reaches_a_weight(poison, scheme):
 def test_step_weights_ignore_divergence_of_steps_that_do_not_exist():
     d = torch.tensor([[0.5, float("nan"), float("inf")]])
     valid = torch.tensor([[True, False, False]])
-    for scheme in ("sod", "sod_uncapped", "uniform"):
+    for scheme in ("sod", "sod_uncapped", "uniform", "sod_median_ref"):
         assert step_weights(d, valid, scheme=scheme).tolist() == [[1.0, 0.0, 0.0]]
+    # the batch median reads valid steps only: a NaN in a missing step must not become the reference
+    d2 = torch.tensor([[0.01, 0.2, float("nan")], [0.2, 0.2, 0.3]])
+    valid2 = torch.tensor([[True, True, False], [True, True, True]])
+    w = step_weights(d2, valid2, scheme="sod_median_ref")
+    assert torch.isfinite(w).all() and w[0].tolist() == pytest.approx([1.0, 1.0, 0.0])
+
+
+def test_median_reference_computes_in_float64():
+    d = torch.tensor([[1e-9, 2e-9], [1e-9, 1e-9]], dtype=torch.float64)
+    w = step_weights(d, torch.ones_like(d, dtype=torch.bool), scheme="sod_median_ref", epsilon=1e-12, delta=10.0)
+    assert w.dtype == torch.float64
+    # median of (1e-9, 2e-9, 1e-9, 1e-9) = 1e-9: row 0's step 2 gets (1e-9 + eps) / (2e-9 + eps), not 1.0
+    assert w[0, 1].item() == pytest.approx((1e-9 + 1e-12) / (2e-9 + 1e-12), rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- IW-OPD

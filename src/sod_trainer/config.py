@@ -56,7 +56,8 @@ class SODConfig(GRPOUnsupportedArguments, TrainingArguments):
 
     Parameters that control the loss:
         step_weighting: `sod` (default), `uniform` (vanilla OPD), `decay`, `mask_after_error`, `sod_uncapped`,
-            `iw_opd` (IW-OPD's per-token weights, as TRL's `trl.experimental.iw_opd`).
+            `iw_opd` (IW-OPD's per-token weights, as TRL's `trl.experimental.iw_opd`), `sod_median_ref` ([ours], not
+            the paper's: SOD with the reference max(d_1, median d of the batch's steps), docs/ablation.md sitting 4).
         sod_epsilon, sod_delta: eps and delta of w_k = min((d_1+eps)/(d_k+eps), 1+delta).
         decay_rate: the `decay` scheme's factor per step after the first erroneous step.
         iw_opd_gamma, iw_opd_epsilon: gamma and the stabilizer of `iw_opd`'s w_t = 1 + gamma * (1 - prefix / total)

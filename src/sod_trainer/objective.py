@@ -29,7 +29,10 @@ __all__ = [
     "spread_span_logps",
 ]
 
-STEP_WEIGHTING_SCHEMES = ("sod", "uniform", "decay", "mask_after_error", "sod_uncapped", "iw_opd")
+STEP_WEIGHTING_SCHEMES = (
+    "sod", "uniform", "decay", "mask_after_error", "sod_uncapped", "iw_opd",
+    "sod_median_ref",  # [ours]: not in the paper (docs/ablation.md, sitting 4)
+)
 TOKEN_WEIGHTING_SCHEMES = ("iw_opd",)  # weights computed per token, not from step divergences
 
 
@@ -91,6 +94,13 @@ def step_divergence(
     return step_means((student_logps.detach().to(dtype) - teacher_logps.detach().to(dtype)).abs(), step_ids)
 
 
+def _median(values: torch.Tensor) -> float:
+    """The median of a 1-D tensor (the mean of the two middle values for an even count); 0 when empty."""
+    if values.numel() == 0:
+        return 0.0
+    return float(torch.quantile(values.to(torch.float64), 0.5).item())
+
+
 def step_weights(
     divergence: torch.Tensor,
     valid: torch.Tensor,
@@ -104,7 +114,9 @@ def step_weights(
     """Step weights ``w_k`` (SOD_SPEC §4) from step divergences ``(B, K)``; 0 where ``valid`` is False.
 
     ``sod``: ``w_1 = 1``, ``w_k = min((d_1+eps)/(d_k+eps), 1+delta)`` (the telescoped product).
-    ``sod_uncapped``: the same ratio without the cap. ``uniform``: 1. ``decay``: 1 up to the first
+    ``sod_uncapped``: the same ratio without the cap. ``sod_median_ref`` [ours]: the reference is
+    ``max(d_1, m)``, ``m`` the median of ``d`` over every valid step of the whole batch (so a near-deterministic
+    step 1 does not turn every later clean step down); capped as ``sod``. ``uniform``: 1. ``decay``: 1 up to the first
     erroneous step ``e`` and ``decay**(k-e)`` for ``k > e``. ``mask_after_error``: 1 up to ``e``, 0 after.
     ``error_steps`` is ``(B,)``, 0-based, ``-1`` for a trajectory without a tool error.
     Computed in the divergence's precision; a step that does not exist (``valid`` False) gets 0 whatever
@@ -120,9 +132,12 @@ def step_weights(
     d = divergence.detach()
     d = d.to(_working_dtype(d))
     d = torch.where(valid, d, torch.zeros((), dtype=d.dtype, device=device))
-    if scheme in ("sod", "sod_uncapped"):
-        weights = (d[:, :1] + epsilon) / (d + epsilon)
-        if scheme == "sod":
+    if scheme in ("sod", "sod_uncapped", "sod_median_ref"):
+        reference = d[:, :1]
+        if scheme == "sod_median_ref":
+            reference = reference.clamp(min=_median(d[valid]))
+        weights = (reference + epsilon) / (d + epsilon)
+        if scheme in ("sod", "sod_median_ref"):
             weights = weights.clamp(max=1.0 + delta)
         weights[:, 0] = 1.0
     elif scheme == "uniform":

@@ -28,6 +28,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "mask_after_error": {"step_weighting": "mask_after_error"},
     "sod_uncapped": {"step_weighting": "sod_uncapped"},
     "iw_opd": {"step_weighting": "iw_opd"},
+    "sod_median_ref": {"step_weighting": "sod_median_ref"},  # [ours] (docs/ablation.md, sitting 4)
     "grpo": {"opd_coef": 0.0},
     "sod_no_grpo": {"step_weighting": "sod", "grpo_coef": 0.0},
     "uniform_no_grpo": {"step_weighting": "uniform", "grpo_coef": 0.0},
