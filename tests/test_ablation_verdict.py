@@ -31,6 +31,10 @@ def test_answer_names_the_world_where_sod_is_ahead_and_says_not_shown_otherwise(
     assert "shows it beyond the 95 % interval in world 'w': uniform - sod = -3.0 points [-5.0, -1.0]" in ahead[0]
     undecided = answer_lines(verdict(_summary(-0.016, 0.029, 0.006), source="table"))
     assert undecided[0].startswith("Does SOD beat uniform OPD? Not shown") and "+0.6 points [-1.6, +2.9]" in undecided[0]
+    behind = answer_lines(verdict(_summary(0.01, 0.05, 0.03), source="table"))
+    assert behind[0].startswith("Does SOD beat uniform OPD? Not shown")
+    assert "+3.0 points [+1.0, +5.0], 3 seeds, SOD behind beyond the interval" in behind[0]
+    assert "SOD behind" not in undecided[0]
     assert "No ablation result ships" in answer_lines(None)[0]
     noted = answer_lines(verdict(_summary(-0.016, 0.029, 0.006), source="table", note="Sitting 2 is under way."))
     assert noted[1] == "Sitting 2 is under way."

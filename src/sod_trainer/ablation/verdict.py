@@ -59,6 +59,8 @@ def answer_lines(shipped: dict[str, Any] | None) -> list[str]:
         low, high = uniform["interval_points"]
         text = (f"world '{world}': uniform - sod = {uniform['minus_sod_points']:+.1f} points "
                 f"[{low:+.1f}, {high:+.1f}], {uniform['seeds']} seeds")
+        if uniform["verdict"] == "sod_behind":
+            text += ", SOD behind beyond the interval"
         (ahead if uniform["verdict"] == "sod_ahead" else other).append(text)
     note = [shipped["note"]] if shipped.get("note") else []  # e.g. a sitting still under way
     if ahead:
