@@ -89,3 +89,29 @@ def test_the_table_warns_that_one_seed_cannot_decide():
     grid["settings"] = {**settings, "seeds": [0, 1]}
     grid["runs"] += [run("sod", 1, [1.0, 0.0, 1.0, 0.0]), run("uniform", 1, [0.0, 0.0, 1.0, 0.0])]
     assert "too narrow" not in markdown_table(grid, summarize_grid(grid, resamples=200))
+
+
+def test_every_arm_is_also_paired_with_uniform():
+    from sod_trainer.ablation.report import markdown_table, summarize_grid
+
+    def run(arm, seed, per_problem):
+        summary = {"tool_failures_per_trajectory": 0.0, "accuracy_with_tool_error": None, "share_with_tool_error": 0.0}
+        return {"world": "w", "arm": arm, "seed": seed, "curve": [], "eval": {
+            "per_problem": per_problem, "accuracy": sum(per_problem) / len(per_problem), "summary": summary}}
+
+    settings = {"worlds": ["w"], "arms": ["sod", "uniform", "decay"], "seeds": [0, 1], "train_steps": 1,
+                "prompts_per_step": 1, "num_generations": 1, "eval_problems": 4, "eval_samples": 1}
+    grid = {"settings": settings, "runs": [
+        run("sod", 0, [1.0, 1.0, 0.0, 0.0]), run("sod", 1, [1.0, 0.0, 0.0, 0.0]),
+        run("uniform", 0, [1.0, 0.0, 0.0, 0.0]), run("uniform", 1, [0.0, 0.0, 0.0, 0.0]),
+        run("decay", 0, [1.0, 1.0, 1.0, 1.0]), run("decay", 1, [1.0, 1.0, 0.5, 0.0])]}
+    arms = summarize_grid(grid, resamples=200)["w"]["arms"]
+    # hand-computed: mean over seeds of acc(arm) - acc(uniform): sod (0.50-0.25 + 0.25-0) / 2, decay (0.75 + 0.625) / 2
+    assert arms["sod"]["difference_to_uniform"]["estimate"] == pytest.approx(0.25)
+    assert arms["decay"]["difference_to_uniform"]["estimate"] == pytest.approx(0.6875)
+    assert arms["decay"]["difference_to_sod"]["estimate"] == pytest.approx(0.4375)
+    assert "difference_to_uniform" not in arms["uniform"]
+    table = markdown_table(grid, summarize_grid(grid, resamples=200))
+    assert "| `decay` | 81.2 ± 26.5 | +43.8 [" in table and "| minus `uniform`, points" in table
+    row = next(line for line in table.splitlines() if line.startswith("| `decay`"))
+    assert row.split(" | ")[3].startswith("+68.8 [")

@@ -48,3 +48,36 @@ def test_shipped_verdict_is_recomputed_from_the_committed_results_it_names():
                    note=shipped.get("note")) == shipped
     for key, value in shipped["settings"].items():
         assert committed["settings"][key] == value
+
+
+def _arm(minus_sod, minus_uniform=None, seeds=5):
+    entry = {"seeds": seeds, "difference_to_sod": {"estimate": sum(minus_sod) / 2, "low": minus_sod[0],
+                                                   "high": minus_sod[1]}}
+    if minus_uniform is not None:
+        entry["difference_to_uniform"] = {"estimate": sum(minus_uniform) / 2, "low": minus_uniform[0],
+                                          "high": minus_uniform[1]}
+    return entry
+
+
+def test_other_arms_are_reported_against_uniform_and_sod_only_beyond_the_interval():
+    summary = {"flaky": {"arms": {
+        "sod": {"seeds": 5},
+        "uniform": _arm((-0.053, 0.015)),
+        "iw_opd": _arm((-0.040, 0.033), (-0.01, 0.03)),              # undecided against both: not named
+        "sod_median_ref": _arm((-0.009, 0.035), (0.009, 0.056)),      # ahead of uniform only
+        "mask_after_error": _arm((0.009, 0.037), (-0.01, 0.02), 3),   # ahead of SOD only
+        "grpo": _arm((-0.30, -0.20), (-0.28, -0.18), 3),              # behind SOD (and uniform)
+    }}}
+    v = verdict(summary, source="table")
+    arms = v["worlds"]["flaky"]
+    assert arms["sod_median_ref"]["verdict_vs_uniform"] == "ahead"
+    assert arms["sod_median_ref"]["interval_vs_uniform_points"] == [0.9, 5.6]
+    assert arms["iw_opd"]["verdict_vs_uniform"] == "undecided" and arms["grpo"]["verdict_vs_uniform"] == "behind"
+    assert "verdict_vs_uniform" not in arms["uniform"]
+    lines = answer_lines(v)
+    assert lines[0].startswith("Does SOD beat uniform OPD? Not shown")
+    assert lines[1] == ("Ahead of uniform OPD beyond the interval: sod_median_ref [ours, not the paper's rule] in world "
+                        "'flaky' +3.2 points [+0.9, +5.6], 5 seeds.")
+    assert lines[2] == "Ahead of SOD beyond the interval: mask_after_error in world 'flaky' +2.3 points [+0.9, +3.7], 3 seeds."
+    assert lines[3].startswith("Behind SOD beyond the interval: grpo in world 'flaky' -25.0 points [-30.0, -20.0]")
+    assert len(lines) == 4 and not any("iw_opd" in line for line in lines)

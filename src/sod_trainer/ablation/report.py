@@ -18,9 +18,9 @@ def _mean(values):
 
 
 def summarize_grid(grid: dict[str, Any], *, resamples: int = 2000) -> dict[str, Any]:
-    """Per world and arm: accuracy mean and std over seeds, the paired difference to ``sod`` with its 95 %
-    interval (seeds, then problems), tool failures per trajectory, and the recovery rate (correct answers among
-    trajectories that hit a tool error)."""
+    """Per world and arm: accuracy mean and std over seeds, the paired difference to ``sod`` (and, when the grid
+    has a ``uniform`` arm, to ``uniform``) with its 95 % interval (seeds, then problems), tool failures per
+    trajectory, and the recovery rate (correct answers among trajectories that hit a tool error)."""
     settings = grid["settings"]
     by_key = {(r["world"], r["arm"], r["seed"]): r for r in grid["runs"]}
     summary: dict[str, Any] = {}
@@ -48,6 +48,13 @@ def summarize_grid(grid: dict[str, Any], *, resamples: int = 2000) -> dict[str, 
             entry["d_after_clean"] = _mean([d["by_context"]["after_clean"]["d"] for d in diagnostics])
             entry["d_after_error"] = _mean([d["by_context"]["after_error"]["d"] for d in diagnostics])
             arms[arm] = entry
+        if "uniform" in arms:  # the question the ablation asks: does an arm beat uniform OPD (paired, same seeds)?
+            uniform = [by_key[(world, "uniform", s)]["eval"]["per_problem"] for s in settings["seeds"]]
+            for arm, entry in arms.items():
+                if arm != "uniform":
+                    entry["difference_to_uniform"] = paired_difference(
+                        [by_key[(world, arm, s)]["eval"]["per_problem"] for s in settings["seeds"]], uniform,
+                        resamples=resamples).as_dict()
         colds = [c for c in grid.get("cold_starts", []) if c["world"] == world]
         summary[world] = {"arms": arms, "cold_start_accuracy": _mean([c["eval"]["accuracy"] for c in colds])}
     return summary
@@ -55,6 +62,13 @@ def summarize_grid(grid: dict[str, Any], *, resamples: int = 2000) -> dict[str, 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _difference_text(diff: dict[str, float] | None) -> str:
+    if diff is None:
+        return "—"
+    return (f"{100 * diff['estimate']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
+            + (" *" if diff["low"] > 0 or diff["high"] < 0 else ""))
 
 
 def markdown_table(grid: dict[str, Any], summary: dict[str, Any]) -> str:
@@ -65,19 +79,18 @@ def markdown_table(grid: dict[str, Any], summary: dict[str, Any]) -> str:
              f"{settings['eval_problems']} problems x {settings['eval_samples']} samples (temperature 1)."]
     for world, entry in summary.items():
         lines += ["", f"### World `{world}` (cold start: {_pct(entry['cold_start_accuracy'])} %)", "",
-                  "| arm | accuracy % (mean ± std over seeds) | minus `sod`, points [95 % interval] | tool failures "
-                  "/ traj. | recovery rate % | recovery after a transient failure % | d after clean obs. | d after error "
-                  "obs. |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| arm | accuracy % (mean ± std over seeds) | minus `sod`, points [95 % interval] | minus `uniform`, "
+                  "points [95 % interval] | tool failures / traj. | recovery rate % | recovery after a transient "
+                  "failure % | d after clean obs. | d after error obs. |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for arm, a in entry["arms"].items():
-            diff = a.get("difference_to_sod")
-            diff_text = "—" if diff is None else (
-                f"{100 * diff['estimate']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
-                + (" *" if diff["low"] > 0 or diff["high"] < 0 else ""))
+            diff_text = _difference_text(a.get("difference_to_sod"))
+            uniform_text = _difference_text(a.get("difference_to_uniform"))
             d_clean = "-" if a["d_after_clean"] is None else f"{a['d_after_clean']:.3f}"
             d_error = "-" if a["d_after_error"] is None else f"{a['d_after_error']:.3f}"
             tool = "-" if a["tool_failures_per_trajectory"] is None else f"{a['tool_failures_per_trajectory']:.2f}"
-            lines.append(f"| `{arm}` | {_pct(a['accuracy_mean'])} ± {_pct(a['accuracy_std'])} | {diff_text} | {tool} "
+            lines.append(f"| `{arm}` | {_pct(a['accuracy_mean'])} ± {_pct(a['accuracy_std'])} | {diff_text} "
+                         f"| {uniform_text} | {tool} "
                          f"| {_pct(a['recovery_rate'])} | {_pct(a.get('transient_recovery_rate'))} | {d_clean} | {d_error} |")
     lines += ["", "`*`: the 95 % interval of the paired difference excludes 0 (bootstrap over seeds, then problems)."]
     if len(settings["seeds"]) < 2:

@@ -26,15 +26,27 @@ def verdict(summary: dict[str, Any], *, source: str, settings: dict[str, Any] | 
             diff = a.get("difference_to_sod")
             if diff is None:
                 continue
-            state = "sod_ahead" if diff["high"] < 0 else "sod_behind" if diff["low"] > 0 else "undecided"
+            state = {"ahead": "sod_behind", "behind": "sod_ahead", "undecided": "undecided"}[_state(diff)]
             arms[arm] = {"minus_sod_points": round(100 * diff["estimate"], 1),
                          "interval_points": [round(100 * diff["low"], 1), round(100 * diff["high"], 1)],
                          "seeds": a["seeds"], "verdict": state}
+            versus_uniform = a.get("difference_to_uniform")
+            if versus_uniform is not None:  # the arm against uniform OPD, the baseline the claim is about
+                arms[arm].update({
+                    "minus_uniform_points": round(100 * versus_uniform["estimate"], 1),
+                    "interval_vs_uniform_points": [round(100 * versus_uniform["low"], 1),
+                                                   round(100 * versus_uniform["high"], 1)],
+                    "verdict_vs_uniform": _state(versus_uniform)})
         worlds[world] = arms
     result = {"source": source, "settings": settings or {}, "worlds": worlds}
     if note:
         result["note"] = note
     return result
+
+
+def _state(diff: dict[str, float]) -> str:
+    """``ahead`` / ``behind`` when the whole 95 % interval of ``arm - reference`` is above / below 0."""
+    return "ahead" if diff["low"] > 0 else "behind" if diff["high"] < 0 else "undecided"
 
 
 def load_shipped_verdict() -> dict[str, Any] | None:
@@ -63,9 +75,42 @@ def answer_lines(shipped: dict[str, Any] | None) -> list[str]:
             text += ", SOD behind beyond the interval"
         (ahead if uniform["verdict"] == "sod_ahead" else other).append(text)
     note = [shipped["note"]] if shipped.get("note") else []  # e.g. a sitting still under way
+    others = _other_arm_lines(shipped["worlds"])
     if ahead:
         return ["Does SOD beat uniform OPD? The ablation shows it beyond the 95 % interval in " + "; ".join(ahead)
-                + f" ({shipped['source']})."] + note
+                + f" ({shipped['source']})."] + others + note
     return ["Does SOD beat uniform OPD? Not shown: the ablation has found no world where SOD is ahead beyond the "
             "95 % interval (" + "; ".join(other) + "). The demo trains SOD alone unless asked (--compare uniform trains "
-            f"both from one cold start); the table: {shipped['source']}."] + note
+            f"both from one cold start); the table: {shipped['source']}."] + others + note
+
+
+# arms that are this project's readings, not the paper's objectives: named as such wherever a result is said
+OURS = {"sod_median_ref": "sod_median_ref [ours, not the paper's rule]"}
+
+
+def _other_arm_lines(worlds: dict[str, Any]) -> list[str]:
+    """The other arms whose interval excludes 0, against uniform OPD and against SOD (undecided ones are left to
+    the table)."""
+    def text(world, arm, points, interval, seeds):
+        return (f"{OURS.get(arm, arm)} in world '{world}' {points:+.1f} points "
+                f"[{interval[0]:+.1f}, {interval[1]:+.1f}], {seeds} seeds")
+
+    over_uniform, over_sod, under_sod = [], [], []
+    for world, arms in worlds.items():
+        for arm, a in arms.items():
+            if arm == "uniform":
+                continue
+            if a.get("verdict_vs_uniform") == "ahead":
+                over_uniform.append(text(world, arm, a["minus_uniform_points"], a["interval_vs_uniform_points"],
+                                         a["seeds"]))
+            if a["verdict"] != "undecided":
+                (over_sod if a["verdict"] == "sod_behind" else under_sod).append(
+                    text(world, arm, a["minus_sod_points"], a["interval_points"], a["seeds"]))
+    lines = []
+    if over_uniform:
+        lines.append("Ahead of uniform OPD beyond the interval: " + "; ".join(over_uniform) + ".")
+    if over_sod:
+        lines.append("Ahead of SOD beyond the interval: " + "; ".join(over_sod) + ".")
+    if under_sod:
+        lines.append("Behind SOD beyond the interval: " + "; ".join(under_sod) + ".")
+    return lines
