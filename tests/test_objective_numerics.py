@@ -78,6 +78,17 @@ def test_step_weights_ignore_divergence_of_steps_that_do_not_exist():
     assert torch.isfinite(w).all() and w[0].tolist() == pytest.approx([1.0, 1.0, 0.0])
 
 
+
+def test_batch_median_reads_valid_steps_only_and_stays_on_the_device():
+    from sod_trainer.objective import _median
+
+    values = torch.tensor([[float("nan"), 3.0, 1.0], [2.0, float("inf"), 10.0]])
+    valid = torch.tensor([[False, True, True], [True, False, True]])
+    median = _median(values, valid)
+    assert isinstance(median, torch.Tensor) and median.dtype == torch.float64 and median.item() == 2.5
+    assert _median(torch.full((2, 3), float("nan")), torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+
+
 def test_median_reference_computes_in_float64():
     d = torch.tensor([[1e-9, 2e-9], [1e-9, 1e-9]], dtype=torch.float64)
     w = step_weights(d, torch.ones_like(d, dtype=torch.bool), scheme="sod_median_ref", epsilon=1e-12, delta=10.0)

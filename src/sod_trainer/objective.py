@@ -94,11 +94,12 @@ def step_divergence(
     return step_means((student_logps.detach().to(dtype) - teacher_logps.detach().to(dtype)).abs(), step_ids)
 
 
-def _median(values: torch.Tensor) -> float:
-    """The median of a 1-D tensor (the mean of the two middle values for an even count); 0 when empty."""
-    if values.numel() == 0:
-        return 0.0
-    return float(torch.quantile(values.to(torch.float64), 0.5).item())
+def _median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The median of ``values[valid]`` (the mean of the two middle values for an even count), 0 when no value is
+    valid; a 0-d float64 tensor on the values' device, computed without moving anything to the host."""
+    masked = torch.where(valid, values.to(torch.float64), torch.full((), float("nan"), dtype=torch.float64,
+                                                                      device=values.device))
+    return torch.nan_to_num(torch.nanquantile(masked.flatten(), 0.5), nan=0.0)
 
 
 def step_weights(
@@ -135,7 +136,7 @@ def step_weights(
     if scheme in ("sod", "sod_uncapped", "sod_median_ref"):
         reference = d[:, :1]
         if scheme == "sod_median_ref":
-            reference = reference.clamp(min=_median(d[valid]))
+            reference = reference.clamp(min=_median(d, valid).to(d.dtype))
         weights = (reference + epsilon) / (d + epsilon)
         if scheme in ("sod", "sod_median_ref"):
             weights = weights.clamp(max=1.0 + delta)
