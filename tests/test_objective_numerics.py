@@ -78,7 +78,6 @@ def test_step_weights_ignore_divergence_of_steps_that_do_not_exist():
     assert torch.isfinite(w).all() and w[0].tolist() == pytest.approx([1.0, 1.0, 0.0])
 
 
-
 def test_batch_median_reads_valid_steps_only_and_stays_on_the_device():
     from sod_trainer.objective import _median
 

@@ -26,7 +26,8 @@ def summarize_grid(grid: dict[str, Any], *, resamples: int = 2000) -> dict[str, 
     summary: dict[str, Any] = {}
     for world in settings["worlds"]:
         arms: dict[str, Any] = {}
-        reference = [by_key[(world, "sod", s)]["eval"]["per_problem"] for s in settings["seeds"]]
+        per_problem = {arm: [by_key[(world, arm, s)]["eval"]["per_problem"] for s in settings["seeds"]]
+                       for arm in settings["arms"]}
         for arm in settings["arms"]:
             runs = [by_key[(world, arm, s)] for s in settings["seeds"]]
             accuracies = [r["eval"]["accuracy"] for r in runs]
@@ -42,19 +43,17 @@ def summarize_grid(grid: dict[str, Any], *, resamples: int = 2000) -> dict[str, 
                                                   for r in runs]),
             }
             if arm != "sod":
-                entry["difference_to_sod"] = paired_difference(
-                    [r["eval"]["per_problem"] for r in runs], reference, resamples=resamples).as_dict()
+                entry["difference_to_sod"] = paired_difference(per_problem[arm], per_problem["sod"],
+                                                               resamples=resamples).as_dict()
             diagnostics = [r["eval"].get("diagnostics") for r in runs if r["eval"].get("diagnostics")]
             entry["d_after_clean"] = _mean([d["by_context"]["after_clean"]["d"] for d in diagnostics])
             entry["d_after_error"] = _mean([d["by_context"]["after_error"]["d"] for d in diagnostics])
             arms[arm] = entry
         if "uniform" in arms:  # the question the ablation asks: does an arm beat uniform OPD (paired, same seeds)?
-            uniform = [by_key[(world, "uniform", s)]["eval"]["per_problem"] for s in settings["seeds"]]
             for arm, entry in arms.items():
                 if arm != "uniform":
-                    entry["difference_to_uniform"] = paired_difference(
-                        [by_key[(world, arm, s)]["eval"]["per_problem"] for s in settings["seeds"]], uniform,
-                        resamples=resamples).as_dict()
+                    entry["difference_to_uniform"] = paired_difference(per_problem[arm], per_problem["uniform"],
+                                                                       resamples=resamples).as_dict()
         colds = [c for c in grid.get("cold_starts", []) if c["world"] == world]
         summary[world] = {"arms": arms, "cold_start_accuracy": _mean([c["eval"]["accuracy"] for c in colds])}
     return summary
